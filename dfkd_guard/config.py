@@ -1,0 +1,210 @@
+"""Validated configuration of a :class:`~dfkd_guard.guard.Guard`.
+
+A config names one scorer, one weighting and any number of generator
+penalties, each with its own parameters, plus the forgetting term and the KD
+temperature. Component names and their parameters are checked against the
+plugins actually registered when the guard is built
+(:meth:`GuardConfig.resolve`), so a misspelt name or an out-of-range
+parameter is a :class:`~dfkd_guard.errors.ConfigError` naming the field.
+
+In TOML::
+
+    kd_temperature = 1.0
+
+    [scorer]
+    name = "atesc"
+    params = { eps = 0.0157, steps = 3 }
+
+    [weighting]
+    name = "split"
+    params = { rule = "two_means" }
+
+    [forget]
+    kind = "uniform"
+    weight = 1.0
+
+    [[penalties]]
+    name = "confidence"
+    weight = 0.1
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dfkd_guard.errors import ConfigError
+from dfkd_guard.normalization import Normalization
+
+if TYPE_CHECKING:
+    from dfkd_guard.components import Component, ComponentKind
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["ComponentChoice", "PenaltyChoice", "ForgetConfig", "GuardConfig", "ResolvedChoice"]
+
+
+class ComponentChoice(BaseModel):
+    """A component selected by name, with its parameters.
+
+    A bare string is accepted as shorthand for ``{"name": ...}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="registered component name, e.g. 'atesc'")
+    params: dict[str, Any] = Field(default_factory=dict, description="validated by the component's params model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class PenaltyChoice(ComponentChoice):
+    """A generator penalty and the weight its value is multiplied by."""
+
+    weight: float = Field(default=1.0, ge=0.0, description="multiplier of the penalty in the synthesis loss")
+
+
+class ForgetConfig(BaseModel):
+    """The forgetting term applied to samples in the forget mask."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["uniform", "none"] = Field(
+        default="uniform", description="'uniform': KL(uniform || student); 'none': no term"
+    )
+    weight: float = Field(default=1.0, ge=0.0, description="lambda, multiplier of the forgetting term")
+
+
+class GuardConfig(BaseModel):
+    """Everything that decides what a guard does. Immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="False: score nothing, weight 1 everywhere, no penalty")
+    scorer: ComponentChoice = Field(default=ComponentChoice(name="atesc"), description="OOD scorer")
+    weighting: ComponentChoice = Field(default=ComponentChoice(name="split"), description="sample weighting")
+    penalties: tuple[PenaltyChoice, ...] = Field(default=(), description="generator penalties, summed")
+    forget: ForgetConfig = Field(default_factory=ForgetConfig, description="forgetting term")
+    kd_temperature: float = Field(default=1.0, gt=0.0, description="tau of KL(T/tau || S/tau) * tau^2")
+    normalization: Normalization = Field(
+        default_factory=Normalization, description="how [0,1] pixels are normalised for the teacher"
+    )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> GuardConfig:
+        """Read a config from a ``.json`` or ``.toml`` file.
+
+        :raises ConfigError: naming the file and the field, for unreadable files,
+            unknown suffixes and invalid values.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("<file>", f"cannot read config: {exc}", source=str(path)) from exc
+        try:
+            if path.suffix == ".toml":
+                data = tomllib.loads(text)
+            elif path.suffix == ".json":
+                data = json.loads(text)
+            else:
+                raise ConfigError("<file>", f"unknown config suffix {path.suffix!r}; use .toml or .json", str(path))
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError("<file>", f"not valid {path.suffix[1:].upper()}: {exc}", source=str(path)) from exc
+        return cls.from_mapping(data, source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str | None = None) -> GuardConfig:
+        """Validate a plain mapping (parsed JSON/TOML), raising :class:`ConfigError`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise config_error(exc, prefix="", source=source) from exc
+
+    def resolve(self, components: dict[tuple[str, str], Component]) -> ResolvedConfig:
+        """Check names and parameters against the registered components.
+
+        :param components: registered components by ``(kind, name)``.
+        :raises ConfigError: unknown name or invalid parameters, naming the field.
+        """
+        scorer = _resolve(self.scorer, "scorer", "scorer", components)
+        weighting = _resolve(self.weighting, "weighting", "weighting", components)
+        penalties = tuple(
+            _resolve(choice, "penalty", f"penalties[{i}]", components, weight=choice.weight)
+            for i, choice in enumerate(self.penalties)
+        )
+        if getattr(weighting.params, "rule", None) == "flip" and scorer.name in _UNSIGNED_BUILTIN_SCORERS:
+            if not (scorer.name == "atesc" and getattr(scorer.params, "measure", None) == "margin"):
+                raise ConfigError(
+                    "weighting.params.rule",
+                    "rule 'flip' needs a signed-margin score (positive = prediction survives the attack); "
+                    "use scorer 'atesc' with params.measure = 'margin'",
+                )
+        return ResolvedConfig(scorer=scorer, weighting=weighting, penalties=penalties)
+
+
+# Built-in scorers whose scores are not signed adversarial margins (see resolve()).
+_UNSIGNED_BUILTIN_SCORERS = frozenset({"atesc", "msp", "energy", "entropy", "odin", "bn_deviation"})
+
+
+@dataclass(frozen=True)
+class ResolvedChoice:
+    """A component choice whose name exists and whose params are validated."""
+
+    name: str
+    params: BaseModel
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """The three component kinds of a config, resolved."""
+
+    scorer: ResolvedChoice
+    weighting: ResolvedChoice
+    penalties: tuple[ResolvedChoice, ...]
+
+
+def _resolve(
+    choice: ComponentChoice,
+    kind: ComponentKind,
+    field: str,
+    components: dict[tuple[str, str], Component],
+    weight: float = 1.0,
+) -> ResolvedChoice:
+    component = components.get((kind, choice.name))
+    if component is None:
+        known = sorted(name for k, name in components if k == kind)
+        raise ConfigError(f"{field}.name", f"unknown {kind} {choice.name!r}; registered: {', '.join(known) or 'none'}")
+    try:
+        params = component.params.model_validate(choice.params)
+    except ValidationError as exc:
+        raise config_error(exc, prefix=f"{field}.params") from exc
+    return ResolvedChoice(name=choice.name, params=params, weight=weight)
+
+
+def config_error(exc: ValidationError, prefix: str, source: str | None = None) -> ConfigError:
+    """A :class:`ConfigError` naming the first invalid field of a pydantic error.
+
+    All of pydantic's messages are kept, each with its dotted field path.
+    """
+    messages = []
+    first_field = prefix or "<config>"
+    for i, err in enumerate(exc.errors()):
+        loc = ".".join(str(part) for part in err["loc"])
+        field = ".".join(part for part in (prefix, loc) if part) or "<config>"
+        if i == 0:
+            first_field = field
+        messages.append(err["msg"] if field == first_field and i == 0 else f"{field}: {err['msg']}")
+    return ConfigError(first_field, "; ".join(messages), source=source)

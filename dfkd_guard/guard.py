@@ -1,0 +1,245 @@
+"""The :class:`Guard`: the one object users and adapters hold.
+
+A guard is bound to one teacher. In a DFKD loop it answers four questions::
+
+    guard = Guard(GuardConfig(scorer="atesc"), teacher)
+    scores = guard.score(images, teacher_logits)           # (B,) higher = OOD-like
+    weights = guard.sample_weights(scores, teacher_logits)  # KD weights, forget mask
+    loss = guard.student_loss(student_logits, teacher_logits, weights)
+    g_loss = g_loss + guard.generator_penalty(images, teacher_logits_with_grad)
+
+Images passed to a guard are in the teacher's input units (already normalised
+the way the teacher was trained); ``config.normalization`` tells the guard
+how those units relate to [0, 1] pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfkd_guard.config import GuardConfig
+from dfkd_guard.errors import PluginError
+from dfkd_guard.losses import student_loss
+from dfkd_guard.plugins import PluginRegistry
+from dfkd_guard.sample_weights import SampleWeights
+from dfkd_guard.teacher_state import quiet_teacher
+
+__all__ = ["Guard"]
+
+
+def _check_images(images: torch.Tensor, name: str = "images") -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+        got = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a float tensor (B, C, H, W), got {got}")
+
+
+def _check_logits(logits: torch.Tensor, batch: int, name: str = "logits") -> None:
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{name} must be a float tensor ({batch}, K), got {got}")
+
+
+class Guard:
+    """Scores synthetic samples, weights them, and computes the guarded losses.
+
+    :param config: a :class:`GuardConfig`, a mapping, or a path to a
+        ``.json`` / ``.toml`` file.
+    :param teacher: the teacher network; the guard never changes its weights,
+        grad flags, train/eval mode or forward hooks.
+    :param plugins: extra plugin objects registered after the built-ins.
+    :param load_entrypoints: load third-party plugins from the ``dfkd_guard``
+        entry-point group (default: unless ``DFKD_GUARD_DISABLE_PLUGIN_AUTOLOAD``).
+    :raises ConfigError: an invalid config, naming the field.
+    :raises PluginError: a plugin fails to load, naming the plugin.
+    """
+
+    def __init__(
+        self,
+        config: GuardConfig | Mapping[str, Any] | str | Path | None = None,
+        teacher: nn.Module | None = None,
+        *,
+        plugins: Iterable[object] = (),
+        load_entrypoints: bool | None = None,
+    ) -> None:
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        if config is None:
+            config = GuardConfig()
+        elif isinstance(config, (str, Path)):
+            config = GuardConfig.from_file(config)
+        elif not isinstance(config, GuardConfig):
+            config = GuardConfig.from_mapping(config)
+        self.config: GuardConfig = config
+        self.teacher = teacher
+        self.registry = PluginRegistry(plugins, load_entrypoints=load_entrypoints)
+        self.resolved = config.resolve(self.registry.component_map())
+
+    def __repr__(self) -> str:
+        c = self.resolved
+        penalties = ", ".join(f"{p.name}*{p.weight:g}" for p in c.penalties) or "none"
+        return (
+            f"Guard(enabled={self.config.enabled}, scorer={c.scorer.name}({_params(c.scorer.params)}), "
+            f"weighting={c.weighting.name}({_params(c.weighting.params)}), penalties=[{penalties}], "
+            f"forget={self.config.forget.kind}*{self.config.forget.weight:g}, tau={self.config.kd_temperature:g})"
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """False when the config turns the guard off: every sample kept, no penalty."""
+        return self.config.enabled
+
+    # -- scoring -----------------------------------------------------------
+
+    def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """OOD scores of a batch with the configured scorer.
+
+        :param images: float (B, C, H, W) in teacher input units.
+        :param logits: the teacher's (B, K) logits on ``images`` if the caller
+            already has them (saves a forward pass); detached here.
+        :returns: float (B,) on ``images.device``, higher = more OOD-like, no grad.
+        :raises PluginError: the scorer raised or returned a wrong shape / NaN.
+        """
+        _check_images(images)
+        images = images.detach()
+        batch = images.shape[0]
+        with quiet_teacher(self.teacher):
+            if logits is None:
+                with torch.no_grad():
+                    logits = self.teacher(images)
+            _check_logits(logits, batch)
+            logits = logits.detach()
+            with torch.enable_grad():
+                scores = self.registry.call_component(
+                    "scorer",
+                    self.resolved.scorer.name,
+                    params=self.resolved.scorer.params,
+                    images=images,
+                    logits=logits,
+                    teacher=self.teacher,
+                    normalization=self.config.normalization,
+                )
+        scores = self._checked_scores(scores, batch)
+        self.registry.notify("dfkd_guard_batch_scored", scorer=self.resolved.scorer.name, scores=scores, logits=logits)
+        return scores
+
+    def _checked_scores(self, scores: Any, batch: int) -> torch.Tensor:
+        plugin = self.registry.provider("scorer", self.resolved.scorer.name)
+        if not isinstance(scores, torch.Tensor):
+            raise PluginError(plugin, "dfkd_guard_score", f"returned {type(scores).__name__}, wanted a tensor ({batch},)")
+        if tuple(scores.shape) != (batch,):
+            raise PluginError(plugin, "dfkd_guard_score", f"returned shape {tuple(scores.shape)}, wanted ({batch},)")
+        if not torch.isfinite(scores).all():
+            raise PluginError(plugin, "dfkd_guard_score", "returned NaN or Inf scores")
+        return scores.detach().float()
+
+    # -- weighting ---------------------------------------------------------
+
+    def sample_weights(self, scores: torch.Tensor, logits: torch.Tensor) -> SampleWeights:
+        """KD weights and forget mask for a scored batch.
+
+        :param scores: float (B,) from :meth:`score` (or stored with a pooled image).
+        :param logits: the teacher's (B, K) logits on the batch.
+        :returns: :class:`SampleWeights`; every sample kept when the guard is disabled.
+        """
+        batch = scores.shape[0] if isinstance(scores, torch.Tensor) and scores.ndim == 1 else -1
+        if batch < 0:
+            raise ValueError(f"scores must be a float tensor (B,), got {getattr(scores, 'shape', type(scores))}")
+        _check_logits(logits, batch)
+        if not self.enabled:
+            return SampleWeights.keep_all(batch, scores.device)
+        name = self.resolved.weighting.name
+        weights = self.registry.call_component(
+            "weighting", name, params=self.resolved.weighting.params, scores=scores.detach(), logits=logits.detach()
+        )
+        plugin = self.registry.provider("weighting", name)
+        if not isinstance(weights, SampleWeights):
+            raise PluginError(plugin, "dfkd_guard_sample_weights", f"returned {type(weights).__name__}, not SampleWeights")
+        problem = weights.problems(batch)
+        if problem:
+            raise PluginError(plugin, "dfkd_guard_sample_weights", problem)
+        self.registry.notify("dfkd_guard_batch_weighted", weighting=name, scores=scores, weights=weights)
+        return weights
+
+    # -- losses ------------------------------------------------------------
+
+    def student_loss(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: SampleWeights | None = None
+    ) -> torch.Tensor:
+        """Weighted KD over kept samples plus lambda times the forgetting term.
+
+        :param student_logits: float (B, K), with grad to the student.
+        :param teacher_logits: float (B, K); detached here.
+        :param weights: from :meth:`sample_weights`; None keeps every sample.
+        :returns: scalar tensor with grad to the student only.
+        """
+        _check_logits(student_logits, student_logits.shape[0] if student_logits.ndim else -1, "student_logits")
+        _check_logits(teacher_logits, student_logits.shape[0], "teacher_logits")
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} differ"
+            )
+        if weights is None or not self.enabled:
+            weights = SampleWeights.keep_all(student_logits.shape[0], student_logits.device)
+        forget = self.config.forget
+        return student_loss(
+            student_logits,
+            teacher_logits.detach(),
+            weights,
+            temperature=self.config.kd_temperature,
+            forget_kind=forget.kind,
+            forget_weight=forget.weight,
+        )
+
+    def generator_penalty(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted sum of the configured generator penalties.
+
+        :param images: float (B, C, H, W) in teacher input units, with grad to
+            the generator or pixels being optimised.
+        :param logits: the teacher's (B, K) logits on ``images`` keeping grad
+            to ``images`` (the adapter's own forward); computed if None.
+        :returns: scalar tensor (zero when no penalty is configured or the
+            guard is disabled); grad flows to ``images`` only, never to the teacher.
+        """
+        _check_images(images)
+        zero = images.new_zeros(())
+        if not self.enabled or not self.resolved.penalties:
+            return zero
+        total = zero
+        with quiet_teacher(self.teacher), torch.enable_grad():
+            if logits is None:
+                logits = self.teacher(images)
+            _check_logits(logits, images.shape[0])
+            for choice in self.resolved.penalties:
+                value = self.registry.call_component(
+                    "penalty",
+                    choice.name,
+                    params=choice.params,
+                    images=images,
+                    logits=logits,
+                    teacher=self.teacher,
+                    normalization=self.config.normalization,
+                )
+                plugin = self.registry.provider("penalty", choice.name)
+                if not isinstance(value, torch.Tensor) or value.ndim != 0:
+                    got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise PluginError(plugin, "dfkd_guard_generator_penalty", f"returned {got}, wanted a scalar tensor")
+                if not torch.isfinite(value):
+                    raise PluginError(plugin, "dfkd_guard_generator_penalty", "returned NaN or Inf")
+                total = total + choice.weight * value
+        return total
+
+    # -- observability -----------------------------------------------------
+
+    def step_finished(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Tell observer plugins an adapter iteration finished."""
+        self.registry.notify("dfkd_guard_step_finished", step=step, metrics=dict(metrics))
+
+
+def _params(params: Any) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in params.model_dump().items())
+

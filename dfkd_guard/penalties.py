@@ -1,0 +1,83 @@
+"""Built-in generator penalties: push synthesis away from the OOD-like region.
+
+* ``confidence``: a differentiable confidence score of the teacher, oriented
+  so that the OOD-like side costs more. With ``ood_when="confident"`` (the
+  default, for NTL teachers, which are over-confident off their domain) it is
+  the mean ``T logsumexp(f/T)`` (``score="energy"``) or mean max softmax
+  (``score="msp"``); ``"unconfident"`` flips the sign.
+* ``input_gradient``: a robustness proxy. Robust samples have a small input
+  gradient of the teacher's loss ``CE(T(x), argmax T(x))``; the penalty is
+  ``-mean(log(||grad_x||_1 + floor))`` with the gradient in pixel units,
+  computed with double backprop so it is differentiable in ``x``.
+
+Both are off by default (the config's ``penalties`` list is empty).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from dfkd_guard.components import Component
+from dfkd_guard.hookspecs import hookimpl
+from dfkd_guard.normalization import Normalization
+from dfkd_guard.scorers._direction import OodWhen
+
+__all__ = ["ConfidencePenaltyParams", "InputGradientParams"]
+
+
+class ConfidencePenaltyParams(BaseModel):
+    """Parameters of the ``confidence`` penalty."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    score: Literal["energy", "msp"] = Field(default="energy", description="which confidence score")
+    ood_when: OodWhen = Field(default="confident", description="the side that is penalised")
+    temperature: float = Field(default=1.0, gt=0.0, description="T of the energy score")
+
+
+class InputGradientParams(BaseModel):
+    """Parameters of the ``input_gradient`` penalty."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    floor: float = Field(default=1e-6, gt=0.0, description="added to the gradient norm before the log")
+
+
+@hookimpl(trylast=True)
+def dfkd_guard_components() -> list[Component]:
+    return [
+        Component("penalty", "confidence", "oriented energy / MSP of the teacher on synthetic samples", ConfidencePenaltyParams),
+        Component("penalty", "input_gradient", "-log input-gradient norm of the teacher's loss (robustness proxy)", InputGradientParams),
+    ]
+
+
+@hookimpl(trylast=True)
+def dfkd_guard_generator_penalty(
+    penalty: str,
+    params: BaseModel,
+    images: torch.Tensor,
+    logits: torch.Tensor,
+    normalization: Normalization,
+) -> torch.Tensor | None:
+    if penalty == "confidence":
+        assert isinstance(params, ConfidencePenaltyParams)
+        if params.score == "energy":
+            confidence = params.temperature * torch.logsumexp(logits / params.temperature, dim=1)
+        else:
+            confidence = F.softmax(logits, dim=1).amax(dim=1)
+        sign = 1.0 if params.ood_when == "confident" else -1.0
+        return sign * confidence.mean()
+    if penalty == "input_gradient":
+        assert isinstance(params, InputGradientParams)
+        if not images.requires_grad:
+            raise ValueError("input_gradient needs images that require grad (the generator's output)")
+        loss = F.cross_entropy(logits, logits.detach().argmax(dim=1), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, images, create_graph=True)
+        pixel_grad = grad * normalization.pixel_to_input(1.0, images)  # d loss / d pixel = grad / std
+        norms = pixel_grad.flatten(1).abs().sum(dim=1)
+        return -torch.log(norms + params.floor).mean()
+    return None

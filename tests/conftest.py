@@ -1,0 +1,41 @@
+"""Shared fixtures: small teachers on random tensors (unit tests only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """A tiny BatchNorm CNN for 3x8x8 inputs."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@pytest.fixture
+def teacher() -> nn.Module:
+    torch.manual_seed(0)
+    model = SmallCNN()
+    # Give the BatchNorm layers non-trivial running statistics.
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(32, 3, 8, 8))
+    model.eval()
+    return model
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(1))
