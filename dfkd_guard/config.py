@@ -109,17 +109,15 @@ class GuardConfig(BaseModel):
             unknown suffixes and invalid values.
         """
         path = Path(path)
+        parsers = {".toml": tomllib.loads, ".json": json.loads}
+        if path.suffix not in parsers:
+            raise ConfigError("<file>", f"unknown config suffix {path.suffix!r}; use .toml or .json", str(path))
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError("<file>", f"cannot read config: {exc}", source=str(path)) from exc
         try:
-            if path.suffix == ".toml":
-                data = tomllib.loads(text)
-            elif path.suffix == ".json":
-                data = json.loads(text)
-            else:
-                raise ConfigError("<file>", f"unknown config suffix {path.suffix!r}; use .toml or .json", str(path))
+            data = parsers[path.suffix](text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError("<file>", f"not valid {path.suffix[1:].upper()}: {exc}", source=str(path)) from exc
         return cls.from_mapping(data, source=str(path))

@@ -1,0 +1,251 @@
+"""The Guard leaves the teacher as it found it and reports broken plugins by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dfkd_guard import Component, Guard, GuardConfig, PluginError, SampleWeights, hookimpl
+
+SCORERS = ["atesc", "msp", "energy", "entropy", "odin", "bn_deviation"]
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_scoring_restores_mode_grad_flags_and_hook_outputs(teacher, images, scorer) -> None:
+    teacher.train()
+    teacher.body[0].weight.requires_grad_(False)  # a mixed grad state must survive
+    flags = [p.requires_grad for p in teacher.parameters()]
+    running = [b.clone() for b in teacher.buffers()]
+    recorded: dict[str, torch.Tensor] = {}
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        recorded["mean"] = inputs[0].mean(dim=(0, 2, 3))  # what a DeepInversion BN hook keeps
+
+    handle = teacher.body[1].register_forward_hook(record)
+    adapter_batch = torch.rand(5, 3, 8, 8)
+    teacher(adapter_batch)
+    before = recorded["mean"].clone()
+    running = [b.clone() for b in teacher.buffers()]
+
+    Guard(GuardConfig(scorer=scorer), teacher, load_entrypoints=False).score(images)
+
+    assert torch.equal(recorded["mean"], before)
+    assert all(m.training for m in teacher.modules())
+    assert [p.requires_grad for p in teacher.parameters()] == flags
+    assert all(torch.equal(a, b) for a, b in zip(running, teacher.buffers()))
+    assert all(p.grad is None for p in teacher.parameters())
+    assert list(teacher.body[1]._forward_hooks.values()) == [record]
+    handle.remove()
+
+
+def test_teacher_state_is_restored_when_a_scorer_raises(teacher, images) -> None:
+    class Broken:
+        @hookimpl
+        def dfkd_guard_components(self):
+            return [Component("scorer", "broken", "raises")]
+
+        @hookimpl
+        def dfkd_guard_score(self, scorer):
+            raise RuntimeError("boom")
+
+    teacher.train()
+    guard = Guard(GuardConfig(scorer="broken"), teacher, plugins=[Broken()], load_entrypoints=False)
+    with pytest.raises(PluginError, match=r"plugin '[\w.<>]*Broken@\w+', hook dfkd_guard_score: scorer 'broken' raised .*boom"):
+        guard.score(images)
+    assert all(m.training for m in teacher.modules())
+    assert all(p.requires_grad for p in teacher.parameters())
+
+
+def test_scoring_works_inside_no_grad(teacher, images) -> None:
+    guard = Guard(GuardConfig(scorer="atesc"), teacher, load_entrypoints=False)
+    with torch.no_grad():
+        scores = guard.score(images)
+    torch.testing.assert_close(scores, guard.score(images))
+
+
+def scorer_returning(value):
+    class Plugin:
+        @hookimpl
+        def dfkd_guard_components(self):
+            return [Component("scorer", "custom", "test scorer")]
+
+        @hookimpl
+        def dfkd_guard_score(self, scorer, images):
+            return value(images)
+
+    return Plugin()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (lambda x: torch.zeros(len(x), 1), r"returned shape \(12, 1\), wanted \(12,\)"),
+        (lambda x: torch.full((len(x),), float("nan")), "NaN or Inf"),
+        (lambda x: [0.0] * len(x), "returned list, wanted a tensor"),
+        (lambda x: None, "returned None"),
+    ],
+)
+def test_bad_scorer_results_name_the_plugin_and_hook(teacher, images, value, message) -> None:
+    guard = Guard(GuardConfig(scorer="custom"), teacher, plugins=[scorer_returning(value)], load_entrypoints=False)
+    with pytest.raises(PluginError, match=message) as info:
+        guard.score(images)
+    assert info.value.hook == "dfkd_guard_score"
+    assert "Plugin@" in info.value.plugin
+
+
+def test_bad_weights_name_the_plugin(teacher) -> None:
+    class BadWeights:
+        @hookimpl
+        def dfkd_guard_components(self):
+            return [Component("weighting", "bad", "weights out of range")]
+
+        @hookimpl
+        def dfkd_guard_sample_weights(self, scores):
+            return SampleWeights(scores * 0 + 2.0, torch.zeros_like(scores, dtype=torch.bool))
+
+    guard = Guard(GuardConfig(weighting="bad"), teacher, plugins=[BadWeights()], load_entrypoints=False)
+    with pytest.raises(PluginError, match=r"dfkd_guard_sample_weights: kd weights must lie in \[0, 1\]"):
+        guard.sample_weights(torch.zeros(3), torch.zeros(3, 4))
+
+
+def test_bad_penalty_names_the_plugin(teacher, images) -> None:
+    class BadPenalty:
+        @hookimpl
+        def dfkd_guard_components(self):
+            return [Component("penalty", "vector", "not a scalar")]
+
+        @hookimpl
+        def dfkd_guard_generator_penalty(self, logits):
+            return logits.sum(1)
+
+    guard = Guard({"penalties": ["vector"]}, teacher, plugins=[BadPenalty()], load_entrypoints=False)
+    with pytest.raises(PluginError, match=r"dfkd_guard_generator_penalty: returned \(12,\), wanted a scalar"):
+        guard.generator_penalty(images.requires_grad_(True))
+
+
+def test_duplicate_component_names_are_an_error_naming_both_plugins(teacher) -> None:
+    class Another:
+        @hookimpl
+        def dfkd_guard_components(self):
+            return [Component("scorer", "msp", "clash")]
+
+    with pytest.raises(PluginError, match=r"scorer 'msp' is already declared by plugin 'dfkd_guard.scorers.logit_scores'"):
+        Guard(None, teacher, plugins=[Another()], load_entrypoints=False)
+
+
+def test_a_hook_outside_the_contract_is_refused(teacher) -> None:
+    class Typo:
+        @hookimpl
+        def dfkd_guard_scroe(self):
+            return None
+
+    with pytest.raises(PluginError, match="dfkd_guard_scroe"):
+        Guard(None, teacher, plugins=[Typo()], load_entrypoints=False)
+
+
+def test_two_guards_do_not_share_plugins(teacher, images) -> None:
+    plugin = scorer_returning(lambda x: torch.arange(len(x), dtype=torch.float32))
+    with_plugin = Guard(GuardConfig(scorer="custom"), teacher, plugins=[plugin], load_entrypoints=False)
+    plain = Guard(GuardConfig(scorer="msp"), teacher, load_entrypoints=False)
+    assert ("scorer", "custom") not in plain.registry.component_map()
+    assert with_plugin.score(images).tolist() == list(range(12))
+    assert plain.score(images).shape == (12,)
+
+
+class Generator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(5, 3 * 8 * 8)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(z)).view(-1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("penalty", ["confidence", "input_gradient"])
+def test_penalty_grad_reaches_the_generator_not_the_teacher(teacher, penalty) -> None:
+    generator = Generator()
+    guard = Guard({"penalties": [{"name": penalty, "weight": 0.5}]}, teacher, load_entrypoints=False)
+    images = generator(torch.randn(6, 5))
+    value = guard.generator_penalty(images)
+    value.backward()
+    assert value.ndim == 0 and torch.isfinite(value)
+    assert generator.net.weight.grad is not None and generator.net.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_penalties_are_weighted_and_summed(teacher, images) -> None:
+    logits = torch.randn(12, 4)
+    both = Guard(
+        {"penalties": [{"name": "confidence", "weight": 2.0}, {"name": "confidence", "weight": 0.5,
+                                                              "params": {"score": "msp"}}]},
+        teacher, load_entrypoints=False,
+    )
+    expected = 2.0 * torch.logsumexp(logits, 1).mean() + 0.5 * torch.softmax(logits, 1).max(1).values.mean()
+    torch.testing.assert_close(both.generator_penalty(images, logits), expected)
+    off = Guard({"enabled": False, "penalties": ["confidence"]}, teacher, load_entrypoints=False)
+    assert off.generator_penalty(images, logits).item() == 0.0
+
+
+def test_input_gradient_penalty_matches_its_formula(teacher) -> None:
+    x = torch.rand(4, 3, 8, 8, requires_grad=True)
+    guard = Guard({"penalties": ["input_gradient"], "normalization": {"mean": [0.5], "std": [0.25]}}, teacher,
+                  load_entrypoints=False)
+    value = guard.generator_penalty(x)
+    teacher.eval()
+    logits = teacher(x)
+    loss = nn.functional.cross_entropy(logits, logits.argmax(1), reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    expected = -torch.log((grad / 0.25).flatten(1).abs().sum(1) + 1e-6).mean()
+    torch.testing.assert_close(value, expected)
+
+
+def test_observer_plugins_see_scores_weights_and_steps(teacher, images) -> None:
+    seen: list[tuple[str, object]] = []
+
+    class Observer:
+        @hookimpl
+        def dfkd_guard_batch_scored(self, scorer, scores):
+            seen.append(("scored", scorer))
+
+        @hookimpl
+        def dfkd_guard_batch_weighted(self, weights):
+            seen.append(("weighted", weights.forgotten_fraction))
+
+        @hookimpl
+        def dfkd_guard_step_finished(self, step, metrics):
+            seen.append(("step", (step, metrics["loss"])))
+
+    guard = Guard(GuardConfig(scorer="energy"), teacher, plugins=[Observer()], load_entrypoints=False)
+    logits = teacher(images).detach()
+    guard.sample_weights(guard.score(images, logits), logits)
+    guard.step_finished(3, {"loss": 1.5})
+    assert [kind for kind, _ in seen] == ["scored", "weighted", "step"]
+    assert seen[2] == ("step", (3, 1.5))
+
+
+def test_observer_errors_name_the_plugin(teacher, images) -> None:
+    class Noisy:
+        @hookimpl
+        def dfkd_guard_step_finished(self):
+            raise KeyError("metric")
+
+    guard = Guard(None, teacher, plugins=[Noisy()], load_entrypoints=False)
+    with pytest.raises(PluginError, match=r"Noisy@\w+', hook dfkd_guard_step_finished: raised KeyError"):
+        guard.step_finished(0, {})
+
+
+def test_input_validation_messages(teacher) -> None:
+    guard = Guard(None, teacher, load_entrypoints=False)
+    with pytest.raises(ValueError, match=r"images must be a float tensor \(B, C, H, W\), got torch.float32 tensor of shape \(3, 8, 8\)"):
+        guard.score(torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match=r"logits must be a float tensor \(2, K\), got \(3, 4\)"):
+        guard.score(torch.rand(2, 3, 8, 8), torch.zeros(3, 4))
+    with pytest.raises(TypeError, match="teacher must be a torch.nn.Module"):
+        Guard(None, "teacher.pt")  # type: ignore[arg-type]
+
+
+def test_repr_lists_components_and_parameters(teacher) -> None:
+    text = repr(Guard({"scorer": {"name": "atesc", "params": {"steps": 5}}}, teacher, load_entrypoints=False))
+    assert "scorer=atesc(" in text and "steps=5" in text and "weighting=split(rule='two_means'" in text
+
