@@ -44,6 +44,10 @@ class Normalization(BaseModel):
             )
         return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher input ``(x - mean) / std`` from [0, 1] pixel images (B, C, H, W)."""
+        return (images - self._per_channel(self.mean, images)) / self._per_channel(self.std, images)
+
     def pixel_to_input(self, amount: float, like: torch.Tensor) -> torch.Tensor:
         """A pixel-unit length (e.g. ``eps = 8/255``) in the teacher's input units.
 

@@ -1,0 +1,168 @@
+"""What every adapter shares: typed results, the synthesizer interface, the student step.
+
+An adapter is a :class:`Synthesizer` (one per DFKD method) with two methods,
+as in the CMI / Fast-DFKD ``datafree`` package:
+
+* :meth:`Synthesizer.synthesize` runs the method's synthesis (generator or
+  pixel optimisation) and returns a :class:`SynthesisResult`;
+* :meth:`Synthesizer.sample` returns the next :class:`StudentBatch`: images,
+  the teacher's logits, their OOD scores and the guard's KD weights.
+
+The guard's three hooks are called at fixed points: the generator penalty is
+added to the synthesis loss before ``backward()``, each synthesised batch is
+scored once, and :func:`student_step` weights the KD loss and adds the
+forgetting term. A disabled guard (``GuardConfig(enabled=False)``) turns every
+adapter into its unguarded method.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfkd_guard import Guard, SampleWeights
+
+__all__ = ["SynthesisResult", "StudentBatch", "Synthesizer", "student_step"]
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    """What one call of :meth:`Synthesizer.synthesize` produced.
+
+    :param images: float (B, C, H, W) in teacher input units, detached: the
+        batch synthesised last (empty (0, C, H, W) when the step was skipped).
+    :param losses: value of each synthesis loss term at the last step, by name.
+    :param skipped: synthesis steps skipped because of NaN/Inf losses or images.
+    """
+
+    images: torch.Tensor
+    losses: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class StudentBatch:
+    """A batch for one student step.
+
+    :param images: float (B, C, H, W), teacher input units, detached.
+    :param teacher_logits: float (B, K), detached.
+    :param scores: float (B,) OOD scores, higher = more OOD-like; NaN when the guard is off.
+    :param weights: KD weights and forget mask from the guard.
+    """
+
+    images: torch.Tensor
+    teacher_logits: torch.Tensor
+    scores: torch.Tensor
+    weights: SampleWeights
+
+
+class Synthesizer(ABC):
+    """Base of the adapters: holds the teacher, student and guard, checks they fit.
+
+    :param teacher: the (frozen) teacher; put in eval mode.
+    :param student: the student being trained.
+    :param guard: the guard bound to ``teacher``.
+    :param image_shape: (C, H, W) of the images the teacher takes.
+    :param device: where synthesis runs.
+    :raises ValueError: the guard is bound to another teacher, or teacher and
+        student disagree on the number of classes for ``image_shape`` inputs.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        guard: Guard,
+        image_shape: tuple[int, int, int],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if guard.teacher is not teacher:
+            raise ValueError("the guard is bound to a different teacher than the one given to the adapter")
+        self.teacher = teacher.eval()
+        self.student = student
+        self.guard = guard
+        self.image_shape = tuple(image_shape)
+        self.device = torch.device(device)
+        self.num_classes = self._check_models()
+        self.skipped = 0
+
+    def _check_models(self) -> int:
+        probe = torch.zeros(2, *self.image_shape, device=self.device)
+        was_training = self.student.training
+        with torch.no_grad():
+            t_out = self.teacher(probe)
+            self.student.eval()
+            s_out = self.student(probe)
+        self.student.train(was_training)
+        if t_out.ndim != 2 or s_out.ndim != 2:
+            raise ValueError(f"teacher and student must return logits (B, K); got {tuple(t_out.shape)} and {tuple(s_out.shape)}")
+        if t_out.shape[1] != s_out.shape[1]:
+            raise ValueError(
+                f"the student predicts {s_out.shape[1]} classes but the teacher {t_out.shape[1]}; they must agree"
+            )
+        return int(t_out.shape[1])
+
+    def check_images(self, images: torch.Tensor, source: str) -> None:
+        """Raise a clear error when synthesised images do not fit the teacher."""
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{source} produced images of shape {tuple(images.shape[1:])}, but the teacher takes {self.image_shape}"
+            )
+
+    def student_batch(self, images: torch.Tensor, scores: torch.Tensor | None = None) -> StudentBatch:
+        """Teacher logits, scores (computed unless given) and weights for ``images``."""
+        images = images.detach()
+        with torch.no_grad():
+            logits = self.teacher(images)
+        if scores is None:
+            scores = self.score(images, logits)
+        return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
+
+    def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """OOD scores of a batch, or NaN for every sample when the guard is off."""
+        if not self.guard.enabled:
+            return torch.full((images.shape[0],), float("nan"), device=images.device)
+        return self.guard.score(images, logits)
+
+    @abstractmethod
+    def synthesize(self) -> SynthesisResult:
+        """Run the method's synthesis for one round."""
+
+    @abstractmethod
+    def sample(self) -> StudentBatch:
+        """The next batch for a student step."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume synthesis exactly (plain tensors and data)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def close(self) -> None:
+        """Remove every hook the adapter registered on the teacher."""
+
+
+def student_step(
+    student: nn.Module, optimizer: torch.optim.Optimizer, batch: StudentBatch, guard: Guard
+) -> dict[str, float]:
+    """One optimiser step of the student on a guarded batch.
+
+    :returns: ``loss/student``, ``guard/kept`` (mean KD weight) and
+        ``guard/forgotten`` (share of the forget set).
+    """
+    student.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = guard.student_loss(student(batch.images), batch.teacher_logits, batch.weights)
+    loss.backward()
+    optimizer.step()
+    return {
+        "loss/student": float(loss.detach()),
+        "guard/kept": batch.weights.kept_fraction,
+        "guard/forgotten": batch.weights.forgotten_fraction,
+    }

@@ -1,0 +1,162 @@
+"""One training driver for every adapter: iterations, progress, checkpoints, exact resume.
+
+Each iteration calls ``synthesizer.synthesize()`` once, then runs
+``kd_steps`` student steps on ``synthesizer.sample()`` batches, steps the
+scheduler, and reports the iteration's metrics to the guard's observers.
+Every ``checkpoint_every`` iterations the whole state (synthesizer, student,
+optimiser, scheduler, RNG states, history, step counter) is written
+atomically; a run started with an existing checkpoint resumes from it and
+ends with the same student as an uninterrupted run (CPU, same seed).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from dfkd_guard.adapters.base import Synthesizer, student_step
+from dfkd_guard.adapters.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+
+__all__ = ["TrainResult", "train"]
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainResult:
+    """History of a run.
+
+    :param history: one dict of scalar metrics per iteration (means over its student steps).
+    :param evaluations: ``(iteration, metrics)`` from the ``evaluate`` callback.
+    :param skipped: synthesis steps skipped because of non-finite values.
+    :param seconds_per_iteration: wall time of the iterations run in this process.
+    """
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    evaluations: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    skipped: int = 0
+    seconds_per_iteration: float = math.nan
+
+
+def train(
+    synthesizer: Synthesizer,
+    optimizer: torch.optim.Optimizer,
+    iterations: int,
+    *,
+    kd_steps: int = 1,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 50,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    evaluate_every: int = 0,
+    progress: TextIO | None = sys.stderr,
+    log_every: int = 10,
+) -> TrainResult:
+    """Train ``synthesizer.student`` for ``iterations`` DFKD iterations.
+
+    :param optimizer: the student's optimiser.
+    :param kd_steps: student steps per iteration.
+    :param scheduler: stepped once per iteration.
+    :param checkpoint_path: where to checkpoint; resumes from it when it exists.
+    :param checkpoint_every: iterations between checkpoints (and one at the end).
+    :param evaluate: called every ``evaluate_every`` iterations and at the end;
+        returns scalar metrics (e.g. student accuracy on a held-out set).
+    :param progress: stream for a one-line progress display; None for silence.
+    :param log_every: iterations between progress lines.
+    """
+    if iterations < 0 or kd_steps < 1 or checkpoint_every < 1:
+        raise ValueError(
+            f"need iterations >= 0, kd_steps >= 1, checkpoint_every >= 1; got {iterations}, {kd_steps}, {checkpoint_every}"
+        )
+    result = TrainResult()
+    start = 0
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if path is not None and path.exists():
+        start = _restore(load_checkpoint(path), path, synthesizer, optimizer, scheduler, result)
+        _say(progress, f"resumed from {path} at iteration {start}/{iterations}")
+    began = time.perf_counter()
+    for step in range(start, iterations):
+        synthesis = synthesizer.synthesize()
+        sums: dict[str, float] = {}
+        for _ in range(kd_steps):
+            for key, value in student_step(synthesizer.student, optimizer, synthesizer.sample(), synthesizer.guard).items():
+                sums[key] = sums.get(key, 0.0) + value / kd_steps
+        if scheduler is not None:
+            scheduler.step()
+        metrics = {**{f"synthesis/{k}": v for k, v in synthesis.losses.items()}, **sums}
+        result.skipped += synthesis.skipped
+        metrics["synthesis/skipped"] = float(result.skipped)
+        result.history.append(metrics)
+        synthesizer.guard.step_finished(step, metrics)
+        done = step + 1
+        if evaluate is not None and ((evaluate_every and done % evaluate_every == 0) or done == iterations):
+            result.evaluations.append((done, evaluate()))
+        if progress is not None and (done % log_every == 0 or done == iterations):
+            rate = (time.perf_counter() - began) / (done - start)
+            shown = " | ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k in _SHOWN)
+            _say(progress, f"iter {done}/{iterations} | {shown} | {rate:.2f} s/it")
+        if path is not None and (done % checkpoint_every == 0 or done == iterations):
+            save_atomic(_state(done, synthesizer, optimizer, scheduler, result), path)
+    if iterations > start:
+        result.seconds_per_iteration = (time.perf_counter() - began) / (iterations - start)
+    return result
+
+
+_SHOWN = ("loss/student", "guard/forgotten", "synthesis/total", "synthesis/skipped")
+
+
+def _say(stream: TextIO | None, line: str) -> None:
+    if stream is not None:
+        print(line, file=stream, flush=True)
+
+
+def _state(
+    done: int,
+    synthesizer: Synthesizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    result: TrainResult,
+) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "iteration": done,
+        "synthesizer": synthesizer.state_dict(),
+        "student": synthesizer.student.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(),
+        "history": result.history,
+        "evaluations": [[i, m] for i, m in result.evaluations],
+        "skipped": result.skipped,
+    }
+
+
+def _restore(
+    state: dict[str, Any],
+    path: Path,
+    synthesizer: Synthesizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    result: TrainResult,
+) -> int:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
+    synthesizer.load_state_dict(state["synthesizer"])
+    synthesizer.student.load_state_dict(state["student"])
+    optimizer.load_state_dict(state["optimizer"])
+    if (scheduler is None) != (state["scheduler"] is None):
+        raise ValueError(f"{path}: checkpoint was written {'with' if state['scheduler'] else 'without'} a scheduler")
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    result.history = list(state["history"])
+    result.evaluations = [(int(i), dict(m)) for i, m in state["evaluations"]]
+    result.skipped = int(state["skipped"])
+    return int(state["iteration"])
