@@ -34,7 +34,8 @@ class SynthesisResult:
     """What one call of :meth:`Synthesizer.synthesize` produced.
 
     :param images: float (B, C, H, W) in teacher input units, detached: the
-        batch synthesised last (empty (0, C, H, W) when the step was skipped).
+        batch the round produced (the pooled one for pooled adapters; empty
+        (0, C, H, W) when every step was skipped).
     :param losses: value of each synthesis loss term at the last step, by name.
     :param skipped: synthesis steps skipped because of NaN/Inf losses or images.
     """
@@ -63,7 +64,12 @@ class StudentBatch:
 class Synthesizer(ABC):
     """Base of the adapters: holds the teacher, student and guard, checks they fit.
 
-    :param teacher: the (frozen) teacher; put in eval mode.
+    Random draws (latent codes, noise, augmentations) are made with the CPU
+    generator and moved to ``device``, so a checkpoint's CPU RNG state resumes
+    a run exactly on any device.
+
+    :param teacher: the teacher; put in eval mode and its parameters frozen
+        until :meth:`close`, which restores their ``requires_grad`` flags.
     :param student: the student being trained.
     :param guard: the guard bound to ``teacher``.
     :param image_shape: (C, H, W) of the images the teacher takes.
@@ -83,6 +89,9 @@ class Synthesizer(ABC):
         if guard.teacher is not teacher:
             raise ValueError("the guard is bound to a different teacher than the one given to the adapter")
         self.teacher = teacher.eval()
+        self._teacher_grad_flags = [p.requires_grad for p in teacher.parameters()]
+        for p in teacher.parameters():
+            p.requires_grad_(False)
         self.student = student
         self.guard = guard
         self.image_shape = tuple(image_shape)
@@ -145,7 +154,12 @@ class Synthesizer(ABC):
         """Restore :meth:`state_dict`."""
 
     def close(self) -> None:
-        """Remove every hook the adapter registered on the teacher."""
+        """Remove the adapter's hooks from the teacher and unfreeze its parameters as they were.
+
+        Subclasses that register hooks extend this and call ``super().close()``.
+        """
+        for p, flag in zip(self.teacher.parameters(), self._teacher_grad_flags):
+            p.requires_grad_(flag)
 
 
 def student_step(

@@ -35,7 +35,8 @@ class TrainResult:
 
     :param history: one dict of scalar metrics per iteration (means over its student steps).
     :param evaluations: ``(iteration, metrics)`` from the ``evaluate`` callback.
-    :param skipped: synthesis steps skipped because of non-finite values.
+    :param skipped: synthesis steps skipped and synthetic samples dropped
+        because of non-finite values (the synthesizer's running count).
     :param seconds_per_iteration: wall time of the iterations run in this process.
     """
 
@@ -91,7 +92,7 @@ def train(
         if scheduler is not None:
             scheduler.step()
         metrics = {**{f"synthesis/{k}": v for k, v in synthesis.losses.items()}, **sums}
-        result.skipped += synthesis.skipped
+        result.skipped = synthesizer.skipped
         metrics["synthesis/skipped"] = float(result.skipped)
         result.history.append(metrics)
         synthesizer.guard.step_finished(step, metrics)
@@ -134,7 +135,6 @@ def _state(
         "rng": rng_state(),
         "history": result.history,
         "evaluations": [[i, m] for i, m in result.evaluations],
-        "skipped": result.skipped,
     }
 
 
@@ -158,5 +158,5 @@ def _restore(
     set_rng_state(state["rng"])
     result.history = list(state["history"])
     result.evaluations = [(int(i), dict(m)) for i, m in state["evaluations"]]
-    result.skipped = int(state["skipped"])
+    result.skipped = synthesizer.skipped
     return int(state["iteration"])

@@ -68,7 +68,7 @@ def _last_linear(model: nn.Module) -> nn.Linear:
 class VanillaSynthesizer(Synthesizer):
     """A persistent generator trained with the DFQ-family loss.
 
-    :param teacher: the teacher; set to eval mode, its parameters frozen.
+    :param teacher: the teacher (eval mode, frozen until :meth:`close`).
     :param student: the student.
     :param generator: maps ``(B, latent_dim)`` normal codes to [0, 1] pixel
         images (B, C, H, W); normalised with the guard's normalisation.
@@ -95,8 +95,6 @@ class VanillaSynthesizer(Synthesizer):
         self.generator = generator.to(self.device)
         self.latent_dim = latent_dim
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.config.generator_lr, betas=(0.5, 0.999))
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
         self.bn_statistics = BatchNormStatistics(self.teacher) if self.config.bn > 0 else None
         self._features: torch.Tensor | None = None
         self._feature_hook = (
@@ -112,7 +110,7 @@ class VanillaSynthesizer(Synthesizer):
         self._features = inputs[0]
 
     def _images(self, batch_size: int) -> torch.Tensor:
-        z = torch.randn(batch_size, self.latent_dim, device=self.device)
+        z = torch.randn(batch_size, self.latent_dim).to(self.device)
         return self.guard.config.normalization.normalize(self.generator(z))
 
     def synthesize(self) -> SynthesisResult:
@@ -181,6 +179,7 @@ class VanillaSynthesizer(Synthesizer):
         self.skipped = int(state["skipped"])
 
     def close(self) -> None:
+        super().close()
         if self.bn_statistics is not None:
             self.bn_statistics.remove()
         if self._feature_hook is not None:

@@ -1,4 +1,4 @@
-"""Shared fixtures: small teachers on random tensors (unit tests only)."""
+"""Shared fixtures: one torch thread; small teachers on random tensors (unit tests only)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run faster on one thread, and results do not depend on the core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

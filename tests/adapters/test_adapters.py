@@ -1,0 +1,286 @@
+"""Every adapter runs real DFKD steps on a real (tiny) teacher, guard on and off, calling the hooks where it should."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dfkd_guard import Component, Guard, GuardConfig, hookimpl
+from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
+from dfkd_guard.adapters.checkpoint import load_checkpoint, save_atomic
+from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
+from dfkd_guard.adapters.training import train
+from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesizer
+from dfkd_guard.bench.models import ConvNet, Generator
+from tests.adapters.adapter_factory import ADAPTERS, ITERATIONS, make_adapter
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Spy:
+    """Counts every guard hook call; its scorer and penalty are cheap real functions."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.scored_sizes: list[int] = []
+
+    @hookimpl
+    def dfkd_guard_components(self):
+        return [Component("scorer", "spy", "negative max logit"), Component("penalty", "spy", "mean max logit")]
+
+    @hookimpl
+    def dfkd_guard_score(self, logits):
+        self.calls["score"] += 1
+        self.scored_sizes.append(logits.shape[0])
+        return -logits.max(dim=1).values
+
+    @hookimpl
+    def dfkd_guard_generator_penalty(self, logits):
+        self.calls["penalty"] += 1
+        return logits.max(dim=1).values.mean()
+
+    @hookimpl
+    def dfkd_guard_batch_weighted(self):
+        self.calls["weights"] += 1
+
+    @hookimpl
+    def dfkd_guard_step_finished(self):
+        self.calls["step"] += 1
+
+
+def spy_guard(teacher: nn.Module, enabled: bool = True) -> tuple[Guard, Spy]:
+    spy = Spy()
+    config = GuardConfig(enabled=enabled, scorer="spy", penalties=[{"name": "spy", "weight": 0.1}])
+    return Guard(config, teacher, plugins=[spy], load_entrypoints=False), spy
+
+
+# Synthesis steps per synthesize() call and scorer calls per iteration, for kd_steps=2.
+EXPECTED = {
+    "vanilla": {"penalty": 1, "score": 2},  # fresh G(z) per student step, scored each time
+    "deepinversion": {"penalty": 3, "score": 1},  # one pooled batch per round, scored once
+    "cmi": {"penalty": 3, "score": 1},
+}
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_hooks_are_called_where_they_should_be(teacher, adapter) -> None:
+    torch.manual_seed(0)
+    guard, spy = spy_guard(teacher)
+    synthesizer, optimizer, scheduler = make_adapter(adapter, teacher, guard)
+    result = train(synthesizer, optimizer, 3, kd_steps=2, scheduler=scheduler, progress=None)
+    synthesizer.close()
+    assert spy.calls["penalty"] == 3 * EXPECTED[adapter]["penalty"]
+    assert spy.calls["score"] == 3 * EXPECTED[adapter]["score"]
+    assert spy.calls["weights"] == 3 * 2
+    assert spy.calls["step"] == 3
+    assert len(result.history) == 3
+    assert all(torch.isfinite(torch.tensor(h["loss/student"])) for h in result.history)
+    assert 0.0 < result.history[-1]["guard/forgotten"] < 1.0  # the split really splits
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_disabled_guard_calls_no_method_hook_and_keeps_every_sample(teacher, adapter) -> None:
+    torch.manual_seed(0)
+    guard, spy = spy_guard(teacher, enabled=False)
+    synthesizer, optimizer, scheduler = make_adapter(adapter, teacher, guard)
+    result = train(synthesizer, optimizer, 2, kd_steps=2, scheduler=scheduler, progress=None)
+    synthesizer.close()
+    assert spy.calls["score"] == 0 and spy.calls["penalty"] == 0 and spy.calls["weights"] == 0
+    assert spy.calls["step"] == 2
+    assert all(h["guard/kept"] == 1.0 and h["guard/forgotten"] == 0.0 for h in result.history)
+
+
+@pytest.mark.parametrize("adapter", ["deepinversion", "cmi"])
+def test_pool_stores_scores_and_replay_never_rescores(teacher, adapter) -> None:
+    torch.manual_seed(0)
+    guard, spy = spy_guard(teacher)
+    synthesizer, _, _ = make_adapter(adapter, teacher, guard)
+    synthesizer.synthesize()
+    synthesizer.synthesize()
+    pool = synthesizer.pool
+    assert len(pool) == 16 and torch.isfinite(pool.scores).all()
+    with torch.no_grad():
+        expected = -teacher(pool.images).max(dim=1).values
+    torch.testing.assert_close(pool.scores, expected)
+    calls = spy.calls["score"]
+    for _ in range(5):
+        batch = synthesizer.sample()
+        assert batch.scores.shape == (8,)
+    assert spy.calls["score"] == calls
+    synthesizer.close()
+
+
+def test_pool_scores_are_nan_when_the_guard_is_off(teacher) -> None:
+    guard, _ = spy_guard(teacher, enabled=False)
+    synthesizer, _, _ = make_adapter("deepinversion", teacher, guard)
+    synthesizer.synthesize()
+    assert len(synthesizer.pool) == 8 and torch.isnan(synthesizer.pool.scores).all()
+    synthesizer.close()
+
+
+def test_scoring_does_not_overwrite_the_bn_statistics_of_the_adapter_forward(teacher) -> None:
+    statistics = BatchNormStatistics(teacher)
+    batch = torch.rand(8, 3, 32, 32)
+    other = torch.rand(8, 3, 32, 32) * 0.2
+    teacher(batch)
+    unguarded = [loss.item() for loss in statistics.layer_losses()]
+    guard = Guard({"scorer": "bn_deviation", "penalties": ["input_gradient"]}, teacher, load_entrypoints=False)
+    guard.score(other)  # a forward of its own
+    Guard(GuardConfig(scorer="atesc"), teacher, load_entrypoints=False).score(other)  # PGD forwards
+    guard.generator_penalty(other.clone().requires_grad_(True))  # the guard runs the teacher itself
+    assert [loss.item() for loss in statistics.layer_losses()] == unguarded
+    statistics.remove()
+    assert not any(m._forward_hooks for m in teacher.modules())
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_vanilla_presets_run_with_their_published_terms(teacher, preset) -> None:
+    torch.manual_seed(0)
+    guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
+    config = VanillaConfig(batch_size=8, **PRESETS[preset])
+    synthesizer = VanillaSynthesizer(teacher, ConvNet((4, 8, 16)), Generator(8, 8), 8, guard, config)
+    terms = synthesizer.synthesize().losses
+    synthesizer.close()
+    active = {name for name in ("oh", "bn", "adv", "balance", "act") if getattr(config, name) > 0}
+    assert active <= set(terms)
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+
+
+def test_vanilla_student_learns_from_the_teacher(teacher, setting) -> None:
+    torch.manual_seed(0)
+    guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
+    student = ConvNet((4, 8, 16))
+    config = VanillaConfig(batch_size=64, generator_lr=1e-2, bn=10.0)  # DESIGN 7: what DFKD needs at this size
+    synthesizer = VanillaSynthesizer(teacher, student, Generator(16, 16), 16, guard, config)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
+    images, labels = setting.id_test.images[:500], setting.id_test.labels[:500]
+
+    def accuracy() -> dict[str, float]:
+        student.eval()
+        with torch.no_grad():
+            return {"acc": float((student(images).argmax(1) == labels).float().mean())}
+
+    before = accuracy()["acc"]
+    result = train(synthesizer, optimizer, 60, kd_steps=2, evaluate=accuracy, progress=None)
+    synthesizer.close()
+    after = result.evaluations[-1][1]["acc"]
+    assert after > max(before + 0.1, 0.18), (before, after)  # real digits, never seen: well above chance
+
+
+def test_deepinversion_reduces_its_loss_and_keeps_the_best_batch(teacher) -> None:
+    torch.manual_seed(0)
+    guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
+    short = DeepInversionSynthesizer(teacher, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=8, iterations=1, lr=0.1))
+    torch.manual_seed(0)
+    first = short.synthesize().losses["total"]
+    short.close()
+    torch.manual_seed(0)
+    long = DeepInversionSynthesizer(teacher, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=8, iterations=30, lr=0.1))
+    last = long.synthesize().losses["total"]
+    assert last < first
+    long.close()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_killed_run_resumes_to_the_same_student(adapter, teacher_file, tmp_path) -> None:
+    def run(checkpoint: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "tests.adapters.run_adapter", adapter, str(teacher_file), str(checkpoint), str(out), *extra]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    straight = run(tmp_path / "a.ckpt", tmp_path / "a.pt")
+    assert straight.returncode == 0, straight.stderr
+    killed = run(tmp_path / "b.ckpt", tmp_path / "b.pt", "--kill-at", "2")  # after iteration 3; last checkpoint at 2
+    assert killed.returncode == -9, killed.stderr
+    assert not (tmp_path / "b.pt").exists()
+    assert load_checkpoint(tmp_path / "b.ckpt")["iteration"] == 2
+    resumed = run(tmp_path / "b.ckpt", tmp_path / "b.pt")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(tmp_path / "b.ckpt")["iteration"] == ITERATIONS
+    a = torch.load(tmp_path / "a.pt", weights_only=True)
+    b = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_refuse_pickled_code(tmp_path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(ValueError, match=rf"{path.name}: not a loadable dfkd-guard checkpoint"):
+        load_checkpoint(path)
+    save_atomic({"x": torch.ones(2)}, path)
+    assert torch.equal(load_checkpoint(path)["x"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["evil.ckpt"]  # no temp file left behind
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_teacher_without_batchnorm_is_refused_by_bn_matching() -> None:
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    guard = Guard(GuardConfig(enabled=False), flat, load_entrypoints=False)
+    with pytest.raises(ValueError, match="has no BatchNorm layer"):
+        DeepInversionSynthesizer(flat, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=4, iterations=1))
+    # Without the BN term the same teacher is fine.
+    DeepInversionSynthesizer(flat, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=4, iterations=1, bn=0))
+
+
+def test_generator_of_the_wrong_shape_is_refused(teacher) -> None:
+    guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
+    small = Generator(latent_dim=8, base_channels=8, img_size=16)
+    with pytest.raises(ValueError, match=r"the generator produced images of shape \(3, 16, 16\), but the teacher takes \(3, 32, 32\)"):
+        VanillaSynthesizer(teacher, ConvNet((4, 8, 16)), small, 8, guard)
+
+
+def test_student_with_other_classes_is_refused(teacher) -> None:
+    guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
+    with pytest.raises(ValueError, match="the student predicts 5 classes but the teacher 10"):
+        VanillaSynthesizer(teacher, ConvNet((4, 8, 16), num_classes=5), Generator(8, 8), 8, guard)
+
+
+def test_guard_of_another_teacher_is_refused(teacher) -> None:
+    guard = Guard(GuardConfig(enabled=False), ConvNet((4, 8, 16)), load_entrypoints=False)
+    with pytest.raises(ValueError, match="bound to a different teacher"):
+        VanillaSynthesizer(teacher, ConvNet((4, 8, 16)), Generator(8, 8), 8, guard)
+
+
+def test_nan_synthesis_is_skipped_and_never_reaches_the_pool(teacher) -> None:
+    torch.manual_seed(0)
+    guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
+    synthesizer = DeepInversionSynthesizer(teacher, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=4, iterations=2))
+    synthesizer.synthesize()
+    size = len(synthesizer.pool)
+    handle = teacher.head.register_forward_hook(lambda m, i, o: o * float("nan"))
+    result = synthesizer.synthesize()
+    handle.remove()
+    assert result.skipped == 2 and synthesizer.skipped == 2
+    assert len(synthesizer.pool) == size and torch.isfinite(synthesizer.pool.images).all()
+    synthesizer.close()
+
+
+def test_vanilla_drops_and_counts_non_finite_generator_samples(teacher) -> None:
+    class Holes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Generator(8, 8)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            x = self.inner(z)
+            return torch.where(torch.arange(len(x)).view(-1, 1, 1, 1) % 4 == 0, float("nan"), x)
+
+    guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
+    synthesizer = VanillaSynthesizer(teacher, ConvNet((4, 8, 16)), Holes(), 8, guard, VanillaConfig(batch_size=8))
+    assert synthesizer.synthesize().skipped == 1
+    batch = synthesizer.sample()
+    assert batch.images.shape[0] == 6 and torch.isfinite(batch.images).all()
+    assert synthesizer.skipped == 1 + 2
+    synthesizer.close()
