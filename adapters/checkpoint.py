@@ -1,56 +1,26 @@
-"""Atomic checkpoints that load without executing code, and RNG state capture.
+"""Run checkpoints: atomic plain-data files (:mod:`dfkd_guard.serialization`) plus RNG states.
 
-A checkpoint is a plain dictionary of tensors, numbers, strings, lists and
-dicts, written with ``torch.save`` to a temporary file in the target folder,
-flushed to disk and renamed over the target (``os.replace`` is atomic on one
-filesystem): a run killed while writing leaves the previous checkpoint
-intact. Loading uses ``torch.load(weights_only=True)``, which refuses pickled
-code.
+The CPU random states of torch, numpy and Python are stored as plain data so
+that a checkpoint loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dfkd_guard.serialization import load_plain, save_atomic
+
 __all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state"]
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` so that ``path`` is always either old or new, never partial."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_atomic` onto the CPU.
-
-    :raises ValueError: naming the file, when it is not a checkpoint of plain
-        data (for instance a pickle that would execute code).
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a loadable dfkd-guard checkpoint of plain tensors and data: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: checkpoint must hold a dict, got {type(state).__name__}")
-    return state
+    """Read a run checkpoint; a ``ValueError`` names the file if it is not plain data."""
+    return load_plain(path, "dfkd-guard checkpoint")
 
 
 def rng_state() -> dict[str, Any]:

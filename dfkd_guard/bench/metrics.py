@@ -1,0 +1,86 @@
+"""Benchmark metrics: student accuracy and agreement on real data, trap diagnostics on synthetic data.
+
+All images are float (N, 3, 32, 32) in [0, 1] (the benchmark teachers take
+pixels directly); predictions are computed in eval mode, without grad, in
+batches.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["predict", "accuracy", "agreement", "collapse_rate", "OodProbe"]
+
+
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Predicted classes (N,) int64 on the CPU, in eval mode on the model's device; its mode is restored."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat(
+            [model(images[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(images), batch_size)]
+        )
+    model.train(was_training)
+    return out
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of ``images`` whose predicted class equals ``labels`` (N,)."""
+    return float((predict(model, images) == labels).float().mean())
+
+
+def agreement(model: nn.Module, reference: torch.Tensor, images: torch.Tensor) -> float:
+    """Share of ``images`` where ``model`` predicts the class ``reference`` (N,) holds (e.g. the NTL teacher's)."""
+    return float((predict(model, images) == reference).float().mean())
+
+
+def collapse_rate(predictions: torch.Tensor, num_classes: int) -> float:
+    """Share of a batch's predictions (B,) that fall in its most frequent class (1/K = balanced, 1 = collapsed)."""
+    return float(torch.bincount(predictions, minlength=num_classes).max()) / max(len(predictions), 1)
+
+
+class OodProbe:
+    """A linear probe on a teacher's penultimate features, fitted on real ID vs real OOD images.
+
+    The share of synthetic samples the probe puts on the OOD side measures how
+    far a generator drifted into the OOD region (DESIGN 7: about 0.5 for an
+    NTL teacher, 0.01 for an ordinary one).
+
+    :param features: maps images (N, 3, 32, 32) in [0, 1] to features (N, D)
+        (e.g. ``teacher.features``).
+    :param id_images: real in-distribution images.
+    :param ood_images: real out-of-distribution images.
+    :param steps: full-batch Adam steps of the logistic regression.
+    """
+
+    def __init__(
+        self, features: nn.Module | object, id_images: torch.Tensor, ood_images: torch.Tensor, steps: int = 300
+    ) -> None:
+        self._features = features
+        x = torch.cat([self._embed(id_images), self._embed(ood_images)])
+        y = torch.cat([torch.zeros(len(id_images)), torch.ones(len(ood_images))])
+        self.mean, self.std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
+        x = (x - self.mean) / self.std
+        generator = torch.Generator().manual_seed(0)
+        self.weight = (torch.randn(x.shape[1], generator=generator) * 0.01).requires_grad_(True)
+        self.bias = torch.zeros((), requires_grad=True)
+        optimizer = torch.optim.Adam([self.weight, self.bias], lr=0.05)
+        with torch.enable_grad():
+            for _ in range(steps):
+                optimizer.zero_grad()
+                F.binary_cross_entropy_with_logits(x @ self.weight + self.bias, y).backward()
+                optimizer.step()
+        self.weight, self.bias = self.weight.detach(), self.bias.detach()
+        self.train_accuracy = float(((x @ self.weight + self.bias > 0).float() == y).float().mean())
+
+    def _embed(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self._features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])  # type: ignore[operator]
+
+    def ood_share(self, images: torch.Tensor) -> float:
+        """Share of ``images`` on the OOD side of the probe."""
+        x = (self._embed(images) - self.mean) / self.std
+        return float((x @ self.weight + self.bias > 0).float().mean())
