@@ -22,6 +22,7 @@ __all__ = ["main", "COMMAND_MODULES"]
 COMMAND_MODULES: tuple[str, ...] = (
     "dfkd_guard.commands.plugins",
     "dfkd_guard.commands.check_config",
+    "dfkd_guard.bench.demo",
     "dfkd_guard.bench.scorer_cost",
 )
 

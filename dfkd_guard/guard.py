@@ -38,10 +38,11 @@ def _check_images(images: torch.Tensor, name: str = "images") -> None:
         raise ValueError(f"{name} must be a float tensor (B, C, H, W), got {got}")
 
 
-def _check_logits(logits: torch.Tensor, batch: int, name: str = "logits") -> None:
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch:
+def _check_logits(logits: torch.Tensor, batch: int | None, name: str = "logits") -> None:
+    """``logits`` must be (batch, K); any batch size when ``batch`` is None."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or (batch is not None and logits.shape[0] != batch):
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"{name} must be a float tensor ({batch}, K), got {got}")
+        raise ValueError(f"{name} must be a float tensor ({'B' if batch is None else batch}, K), got {got}")
 
 
 class Guard:
@@ -146,9 +147,10 @@ class Guard:
         :param logits: the teacher's (B, K) logits on the batch.
         :returns: :class:`SampleWeights`; every sample kept when the guard is disabled.
         """
-        batch = scores.shape[0] if isinstance(scores, torch.Tensor) and scores.ndim == 1 else -1
-        if batch < 0:
-            raise ValueError(f"scores must be a float tensor (B,), got {getattr(scores, 'shape', type(scores))}")
+        if not isinstance(scores, torch.Tensor) or scores.ndim != 1:
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ValueError(f"scores must be a float tensor (B,), got {got}")
+        batch = scores.shape[0]
         _check_logits(logits, batch)
         if not self.enabled:
             return SampleWeights.keep_all(batch, scores.device)
@@ -177,14 +179,17 @@ class Guard:
         :param weights: from :meth:`sample_weights`; None keeps every sample.
         :returns: scalar tensor with grad to the student only.
         """
-        _check_logits(student_logits, student_logits.shape[0] if student_logits.ndim else -1, "student_logits")
-        _check_logits(teacher_logits, student_logits.shape[0], "teacher_logits")
+        _check_logits(student_logits, None, "student_logits")
+        batch = student_logits.shape[0]
+        _check_logits(teacher_logits, batch, "teacher_logits")
         if student_logits.shape != teacher_logits.shape:
             raise ValueError(
                 f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} differ"
             )
         if weights is None or not self.enabled:
-            weights = SampleWeights.keep_all(student_logits.shape[0], student_logits.device)
+            weights = SampleWeights.keep_all(batch, student_logits.device)
+        elif (problem := weights.problems(batch)) is not None:
+            raise ValueError(f"weights do not fit the batch: {problem}")
         forget = self.config.forget
         return student_loss(
             student_logits,

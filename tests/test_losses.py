@@ -68,3 +68,13 @@ def test_gradients_reach_the_student_only(teacher, images) -> None:
     guard.student_loss(student(images), teacher(images), weights).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_weights_of_another_batch_are_refused(teacher) -> None:
+    import pytest
+
+    guard = Guard(None, teacher, load_entrypoints=False)
+    with pytest.raises(ValueError, match=r"weights do not fit the batch: kd has shape \(3,\), wanted \(4,\)"):
+        guard.student_loss(torch.randn(4, 4), torch.randn(4, 4), SampleWeights.keep_all(3))
+    with pytest.raises(ValueError, match=r"teacher_logits must be a float tensor \(4, K\), got \(5, 4\)"):
+        guard.student_loss(torch.randn(4, 4), torch.randn(5, 4))
