@@ -37,7 +37,8 @@ class TrainResult:
     :param evaluations: ``(iteration, metrics)`` from the ``evaluate`` callback.
     :param skipped: synthesis steps skipped and synthetic samples dropped
         because of non-finite values (the synthesizer's running count).
-    :param seconds_per_iteration: wall time of the iterations run in this process.
+    :param seconds_per_iteration: wall time of the iterations run in this process,
+        without evaluations and checkpoint writes.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -82,8 +83,9 @@ def train(
     if path is not None and path.exists():
         start = _restore(load_checkpoint(path), path, synthesizer, optimizer, scheduler, result)
         _say(progress, f"resumed from {path} at iteration {start}/{iterations}")
-    began = time.perf_counter()
+    busy = 0.0  # seconds spent in iterations, without evaluation and checkpoint writes
     for step in range(start, iterations):
+        began = time.perf_counter()
         synthesis = synthesizer.synthesize()
         sums: dict[str, float] = {}
         for _ in range(kd_steps):
@@ -96,17 +98,18 @@ def train(
         metrics["synthesis/skipped"] = float(result.skipped)
         result.history.append(metrics)
         synthesizer.guard.step_finished(step, metrics)
+        busy += time.perf_counter() - began
         done = step + 1
         if evaluate is not None and ((evaluate_every and done % evaluate_every == 0) or done == iterations):
             result.evaluations.append((done, evaluate()))
         if progress is not None and (done % log_every == 0 or done == iterations):
-            rate = (time.perf_counter() - began) / (done - start)
+            rate = busy / (done - start)
             shown = " | ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k in _SHOWN)
             _say(progress, f"iter {done}/{iterations} | {shown} | {rate:.2f} s/it")
         if path is not None and (done % checkpoint_every == 0 or done == iterations):
             save_atomic(_state(done, synthesizer, optimizer, scheduler, result), path)
     if iterations > start:
-        result.seconds_per_iteration = (time.perf_counter() - began) / (iterations - start)
+        result.seconds_per_iteration = busy / (iterations - start)
     return result
 
 

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dfkd_guard.commands.check_config",
     "dfkd_guard.bench.demo",
     "dfkd_guard.bench.scorer_cost",
+    "dfkd_guard.bench.adapter_cost",
 )
 
 

@@ -1,0 +1,432 @@
+"""``dfkd-guard bench-adapters``: what the guard adds to a DFKD iteration of each adapter.
+
+For every adapter (``vanilla``, ``deepinversion``, ``cmi``) the command trains
+three copies side by side, built from the same initial weights, and times
+:func:`dfkd_guard.adapters.training.train` (its ``seconds_per_iteration``):
+
+* ``off``: ``GuardConfig(enabled=False)``, the unguarded method;
+* ``energy``: the energy scorer (reads the teacher's logits, no extra pass);
+* ``atesc k=3``: the ATEsc scorer with 3 PGD steps.
+
+Targets: ``energy`` at most 1.02x the unguarded time everywhere. ``atesc`` at
+most 1.10x on the pooled adapters (``deepinversion``, ``cmi``), which score
+each image once, when it is synthesised, and replay the stored score. On
+``vanilla`` every student batch is fresh and must be scored, so the reference
+is the PGD itself: the extra time per iteration over ``off`` may not exceed
+the measured PGD cost per iteration, i.e. (time of ``Guard.score`` with atesc
+minus with energy, on a batch of the adapter's size) times the batches scored
+per iteration.
+
+Each round runs ``--iterations`` iterations (default: 2 for vanilla, 1 for the
+pooled adapters) of every guard setting in turn (the order rotates between
+rounds), then times the two scorers once, so a burst of load from another
+process spreads over all of them; the table gives medians (or, with
+``--stat min``, minima) over ``--repeats`` rounds after ``--warmup`` untimed
+rounds of one iteration each. A default run takes about 1-2 minutes on 2 idle
+cores.
+
+Models: the benchmark teacher and student of :mod:`dfkd_guard.bench.models`
+(32-64-128 and 16-32-64 channels), randomly initialised; the teacher's
+BatchNorm running statistics come from a few train-mode forwards on uniform
+random images, so the BN prior is a real, non-trivial target (timing does not
+depend on what the statistics are). Adapter sizes are scaled for CPU (see
+:data:`SETUPS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dfkd_guard.bench.scorer_cost import (
+    _calls_per_timing,
+    _count,
+    _load_average,
+    _num,
+    _timed,
+    _usable_cores,
+    machine_line,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dfkd_guard.adapters.base import Synthesizer
+
+__all__ = ["ADAPTERS", "GUARDS", "SETUPS", "Setup", "register", "run"]
+
+ADAPTERS: tuple[str, ...] = ("vanilla", "deepinversion", "cmi")
+POOLED = frozenset({"deepinversion", "cmi"})
+
+#: Guard settings measured, as ``(row label, GuardConfig keyword arguments)``.
+GUARDS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("off", {"enabled": False}),
+    ("energy", {"scorer": "energy"}),
+    ("atesc k=3", {"scorer": {"name": "atesc", "params": {"steps": 3}}}),
+)
+ENERGY_TARGET = 1.02
+POOLED_ATESC_TARGET = 1.10
+#: On vanilla: the most the atesc overhead may be, in measured PGD costs.
+VANILLA_ATESC_TARGET = 1.0
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A CPU-scaled configuration of one adapter.
+
+    :param batch_size: images synthesised per round (vanilla: per generator
+        step and per student batch) and images per student step.
+    :param kd_steps: student steps per DFKD iteration.
+    :param synthesis_steps: generator or pixel steps per ``synthesize()``.
+    :param generator_width: ``base_channels`` of the generator (None: no generator).
+    :param scored_batches: synthetic batches scored per iteration.
+    :param iterations: timed iterations per setting and round (default of ``--iterations``).
+    """
+
+    batch_size: int
+    kd_steps: int
+    synthesis_steps: int
+    generator_width: int | None
+    scored_batches: int
+    iterations: int
+
+    def describe(self, batch: int, iterations: int) -> str:
+        gen = f", generator width {self.generator_width}" if self.generator_width else ""
+        return (
+            f"batch {batch}, {_plural(self.synthesis_steps, 'synthesis step')} and "
+            f"{_plural(self.kd_steps, 'student step')} per iteration{gen}, "
+            f"{_plural(self.scored_batches, 'batch', 'batches')} scored per iteration; "
+            f"{_plural(iterations, 'iteration')} per round"
+        )
+
+
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
+#: Vanilla: DFQ's 1 generator step and the prototype's 2 student steps per
+#: iteration (DESIGN 7). Pooled methods: one synthesis round per iteration
+#: (DeepInversion's 2000 pixel steps and CMI's 200 generator steps cut to
+#: 20, batch 256 cut to 32), then 20 student steps replaying the pool, as
+#: their ``datafree`` training loops do (CMI: 400 student steps per
+#: 200-step round).
+SETUPS: dict[str, Setup] = {
+    "vanilla": Setup(
+        batch_size=64, kd_steps=2, synthesis_steps=1, generator_width=32, scored_batches=2, iterations=2
+    ),
+    "deepinversion": Setup(
+        batch_size=32, kd_steps=20, synthesis_steps=20, generator_width=None, scored_batches=1, iterations=1
+    ),
+    "cmi": Setup(batch_size=32, kd_steps=20, synthesis_steps=20, generator_width=16, scored_batches=1, iterations=1),
+}
+LATENT_DIM = 100
+POOL_SIZE = 1024
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench-adapters",
+        help="time a DFKD iteration of each adapter with the guard off, energy and atesc",
+        description="Seconds per DFKD iteration of each adapter with the guard off, with the energy scorer and "
+        "with atesc (3 PGD steps), in one run; prints a Markdown table with the guarded/unguarded ratios.",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=_count(1),
+        default=None,
+        help="timed DFKD iterations per setting and round (default: "
+        + ", ".join(f"{s.iterations} for {n}" for n, s in SETUPS.items())
+        + ")",
+    )
+    parser.add_argument("--repeats", type=_count(1), default=3, help="timed rounds (default: 3)")
+    parser.add_argument(
+        "--stat",
+        choices=("median", "min"),
+        default="median",
+        help="statistic over the rounds; 'min' is steadier on a busy machine (default: median)",
+    )
+    parser.add_argument("--warmup", type=_count(0), default=1, help="untimed rounds before the timed ones (default: 1)")
+    parser.add_argument(
+        "--batch",
+        type=_count(1),
+        default=None,
+        help="synthetic and student batch size of every adapter (default: 64 for vanilla, 32 for the pooled ones)",
+
+    )
+    parser.add_argument(
+        "--threads", type=_count(1), default=None, help="torch.set_num_threads value (default: leave torch's choice)"
+    )
+    parser.add_argument(
+        "--adapters",
+        default=",".join(ADAPTERS),
+        type=_adapter_list,
+        help=f"comma-separated adapters among {', '.join(ADAPTERS)} (default: all)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and random draws (default: 0)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the report to FILE")
+    parser.set_defaults(func=run)
+
+
+def _adapter_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ADAPTERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(ADAPTERS)}, got {text!r}")
+    return names
+
+
+def _adapter_list(text: str) -> str:
+    _adapter_names(text)
+    return text
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: typical seconds per iteration of one adapter under one guard setting."""
+
+    adapter: str
+    guard: str
+    seconds: float
+    off_seconds: float
+    pgd_seconds: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.seconds / self.off_seconds
+
+    @property
+    def overhead(self) -> float:
+        return self.seconds - self.off_seconds
+
+    @property
+    def per_pgd(self) -> float | None:
+        if self.pgd_seconds is None or self.pgd_seconds <= 0:
+            return None
+        return self.overhead / self.pgd_seconds
+
+    def verdict(self) -> str:
+        if self.guard == "off":
+            return "-"
+        if self.guard == "energy":
+            return _verdict(self.ratio <= ENERGY_TARGET, f"<= {ENERGY_TARGET:g}x off")
+        if self.adapter in POOLED:
+            return _verdict(self.ratio <= POOLED_ATESC_TARGET, f"<= {POOLED_ATESC_TARGET:g}x off")
+        per_pgd = self.per_pgd
+        return _verdict(per_pgd is not None and per_pgd <= VANILLA_ATESC_TARGET, "overhead <= PGD")
+
+
+def _verdict(ok: bool, target: str) -> str:
+    return f"{'ok' if ok else 'MISSED'} ({target})"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load = _load_average()
+    rows: list[Row] = []
+    for name in _adapter_names(args.adapters):
+        rows += _bench_adapter(name, args)
+    load = f"{load} at start, {_load_average()} at end"
+    report = _report(rows, args, started, load)
+    print(report, end="")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report, encoding="utf-8")
+        _progress(f"wrote {args.out}")
+    return 0
+
+
+# -- measuring ---------------------------------------------------------------
+
+
+def _teacher(seed: int) -> nn.Module:
+    import torch
+
+    from dfkd_guard.bench.models import make_teacher
+
+    torch.manual_seed(seed)
+    teacher = make_teacher(num_classes=10).train()
+    with torch.no_grad():  # real-ish BatchNorm running statistics
+        for _ in range(10):
+            teacher(torch.rand(64, 3, 32, 32))
+    return teacher.eval()
+
+
+def _synthesizer(name: str, teacher: nn.Module, config: dict[str, Any], batch: int, seed: int) -> Synthesizer:
+    import torch
+
+    from dfkd_guard.bench.models import Generator, make_student
+    from dfkd_guard.config import GuardConfig
+    from dfkd_guard.guard import Guard
+
+    setup = SETUPS[name]
+    guard = Guard(GuardConfig(**config), teacher, load_entrypoints=False)
+    torch.manual_seed(seed)  # every guard setting starts from the same student and generator
+    student = make_student(num_classes=10)
+    if name == "vanilla":
+        from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
+
+        generator = Generator(LATENT_DIM, setup.generator_width or 32)
+        return VanillaSynthesizer(teacher, student, generator, LATENT_DIM, guard, VanillaConfig(batch_size=batch))
+    if name == "deepinversion":
+        from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
+
+        di = DeepInversionConfig(
+            batch_size=batch, student_batch_size=batch, iterations=setup.synthesis_steps, pool_size=POOL_SIZE
+        )
+        return DeepInversionSynthesizer(teacher, student, guard, di)
+    from dfkd_guard.adapters.cmi import CMIConfig, CMISynthesizer
+
+    generator = Generator(LATENT_DIM, setup.generator_width or 16)
+    cmi = CMIConfig(batch_size=batch, student_batch_size=batch, iterations=setup.synthesis_steps, pool_size=POOL_SIZE)
+    return CMISynthesizer(teacher, student, generator, LATENT_DIM, guard, cmi)
+
+
+def _bench_adapter(name: str, args: argparse.Namespace) -> list[Row]:
+    import torch
+
+    from dfkd_guard.adapters.training import train
+    from dfkd_guard.config import GuardConfig
+    from dfkd_guard.guard import Guard
+
+    setup = SETUPS[name]
+    batch = args.batch or setup.batch_size
+    iterations = args.iterations or setup.iterations
+    teacher = _teacher(args.seed)
+    runs: dict[str, tuple[Synthesizer, torch.optim.Optimizer]] = {}
+    for label, config in GUARDS:
+        synthesizer = _synthesizer(name, teacher, config, batch, args.seed)
+        optimizer = torch.optim.SGD(synthesizer.student.parameters(), lr=0.05, momentum=0.9)
+        runs[label] = (synthesizer, optimizer)
+
+    images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(args.seed))
+    with torch.no_grad():
+        logits = teacher(images)
+    scorers: dict[str, Callable[[], object]] = {}
+    for label, config in GUARDS[1:]:
+        guard = Guard(GuardConfig(**config), teacher, load_entrypoints=False)
+        scorers[label] = _bound_score(guard, images, logits)
+
+    def iterate(label: str, count: int) -> float:
+        synthesizer, optimizer = runs[label]
+        return train(synthesizer, optimizer, count, kd_steps=setup.kd_steps, progress=None).seconds_per_iteration
+
+    _progress(
+        f"{name}: {setup.describe(batch, iterations)}; {torch.get_num_threads()} threads, "
+        f"{args.warmup} warm-up + {args.repeats} rounds"
+    )
+    labels = [label for label, _ in GUARDS]
+    last: dict[str, float] = {}
+    for round_ in range(args.warmup):
+        for label in labels:
+            iterate(label, 1)
+        for label, task in scorers.items():
+            last[label] = _timed(task, 1)
+        _progress(f"{name}: warm-up {round_ + 1}/{args.warmup} done")
+    inner = {label: _calls_per_timing(task, last.get(label)) for label, task in scorers.items()}
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
+    score_seconds: dict[str, list[float]] = {label: [] for label in scorers}
+    for round_ in range(args.repeats):
+        shift = round_ % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            seconds[label].append(iterate(label, iterations))
+        for label, task in scorers.items():
+            score_seconds[label].append(_timed(task, inner[label]))
+        latest = ", ".join(f"{label} {values[-1]:.3g} s/it" for label, values in seconds.items())
+        _progress(f"{name}: round {round_ + 1}/{args.repeats}: {latest}")
+    for synthesizer, _ in runs.values():
+        synthesizer.close()
+
+    stat = statistics.median if args.stat == "median" else min
+    median = {label: stat(values) for label, values in seconds.items()}
+    score = {label: stat(values) for label, values in score_seconds.items()}
+    pgd = setup.scored_batches * (score["atesc k=3"] - score["energy"])
+    return [
+        Row(name, label, median[label], median["off"], pgd if label.startswith("atesc") else None) for label in labels
+    ]
+
+
+def _bound_score(guard: Any, images: Any, logits: Any) -> Callable[[], object]:
+    def score() -> object:
+        return guard.score(images, logits)
+
+    return score
+
+
+def _progress(message: str) -> None:
+    print(f"[bench-adapters] {message}", file=sys.stderr, flush=True)
+
+
+# -- reporting ---------------------------------------------------------------
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run."""
+    parts = ["dfkd-guard", "bench-adapters"]
+    if args.iterations is not None:
+        parts += ["--iterations", str(args.iterations)]
+    parts += ["--repeats", str(args.repeats), "--stat", args.stat, "--warmup", str(args.warmup)]
+    if args.batch is not None:
+        parts += ["--batch", str(args.batch)]
+    if args.threads is not None:
+        parts += ["--threads", str(args.threads)]
+    parts += ["--adapters", args.adapters, "--seed", str(args.seed)]
+    if args.out is not None:
+        parts += ["--out", str(args.out)]
+    return " ".join(parts)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The Markdown result table."""
+    lines = [
+        "| adapter | guard | s / it | x off | overhead s / it | PGD s / it | overhead / PGD | target |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        off = row.guard == "off"
+        per_pgd = row.per_pgd
+        lines.append(
+            f"| {row.adapter} | {row.guard} | {_num(row.seconds)} | {_num(row.ratio)} | "
+            f"{'-' if off else _num(row.overhead)} | {'-' if row.pgd_seconds is None else _num(row.pgd_seconds)} | "
+            f"{'-' if per_pgd is None else _num(per_pgd)} | {row.verdict()} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _report(rows: Sequence[Row], args: argparse.Namespace, started: datetime.datetime, load: str) -> str:
+    batch = args.batch
+    setups = "\n".join(
+        f"  - `{name}`: {setup.describe(batch or setup.batch_size, args.iterations or setup.iterations)}"
+        for name, setup in ((name, SETUPS[name]) for name in _adapter_names(args.adapters))
+    )
+    busy = ""
+    if any(float(x) > (_usable_cores() or os.cpu_count() or 1) for x in re.findall(r"\d+\.\d+", load)):
+        busy = "- **The machine was busy (load average above the core count): timings are noisy.**\n"
+    return (
+        "# Adapter cost\n\n"
+        f"- Command: `{command_line(args)}`\n"
+        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"- Machine: {machine_line(started, load)}\n"
+        "- Seconds per DFKD iteration (`train(...).seconds_per_iteration`): "
+        f"{args.stat} of {_plural(args.repeats, 'round')} "
+        f"after {_plural(args.warmup, 'warm-up round')}; the guard settings take turns in each round.\n"
+        "  Teacher 32-64-128, student 16-32-64, random weights (BN statistics from random images).\n"
+        f"{setups}\n"
+        "  `PGD s / it`: (`Guard.score` with atesc minus with energy, on a batch of the adapter's size) x batches\n"
+        "  scored per iteration. `overhead`: s / it minus the unguarded s / it.\n"
+        + busy
+        + "\n"
+        + format_table(rows)
+    )
