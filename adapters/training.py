@@ -58,7 +58,7 @@ def train(
     checkpoint_every: int = 50,
     evaluate: Callable[[], dict[str, float]] | None = None,
     evaluate_every: int = 0,
-    progress: TextIO | None = sys.stderr,
+    progress: TextIO | bool = True,
     log_every: int = 10,
 ) -> TrainResult:
     """Train ``synthesizer.student`` for ``iterations`` DFKD iterations.
@@ -70,19 +70,21 @@ def train(
     :param checkpoint_every: iterations between checkpoints (and one at the end).
     :param evaluate: called every ``evaluate_every`` iterations and at the end;
         returns scalar metrics (e.g. student accuracy on a held-out set).
-    :param progress: stream for a one-line progress display; None for silence.
+    :param progress: a one-line progress display: True for standard error
+        (looked up at call time), a stream, or False for silence.
     :param log_every: iterations between progress lines.
     """
     if iterations < 0 or kd_steps < 1 or checkpoint_every < 1:
         raise ValueError(
             f"need iterations >= 0, kd_steps >= 1, checkpoint_every >= 1; got {iterations}, {kd_steps}, {checkpoint_every}"
         )
+    stream: TextIO | None = sys.stderr if progress is True else (progress or None)
     result = TrainResult()
     start = 0
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and path.exists():
         start = _restore(load_checkpoint(path), path, synthesizer, optimizer, scheduler, result)
-        _say(progress, f"resumed from {path} at iteration {start}/{iterations}")
+        _say(stream, f"resumed from {path} at iteration {start}/{iterations}")
     busy = 0.0  # seconds spent in iterations, without evaluation and checkpoint writes
     for step in range(start, iterations):
         began = time.perf_counter()
@@ -102,10 +104,10 @@ def train(
         done = step + 1
         if evaluate is not None and ((evaluate_every and done % evaluate_every == 0) or done == iterations):
             result.evaluations.append((done, evaluate()))
-        if progress is not None and (done % log_every == 0 or done == iterations):
+        if stream is not None and (done % log_every == 0 or done == iterations):
             rate = busy / (done - start)
             shown = " | ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k in _SHOWN)
-            _say(progress, f"iter {done}/{iterations} | {shown} | {rate:.2f} s/it")
+            _say(stream, f"iter {done}/{iterations} | {shown} | {rate:.2f} s/it")
         if path is not None and (done % checkpoint_every == 0 or done == iterations):
             save_atomic(_state(done, synthesizer, optimizer, scheduler, result), path)
     if iterations > start:

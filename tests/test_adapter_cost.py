@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
 
-from dfkd_guard.bench import adapter_cost
 from dfkd_guard.bench.adapter_cost import ADAPTERS, GUARDS
-
-
-def parser() -> argparse.ArgumentParser:
-    # the module's own sub-command, whether or not the CLI lists it yet
-    root = argparse.ArgumentParser(prog="dfkd-guard")
-    adapter_cost.register(root.add_subparsers(dest="command", required=True))
-    return root
+from dfkd_guard.cli import build_parser
 
 
 def table(report: str) -> tuple[list[str], dict[tuple[str, str], list[str]]]:
@@ -31,7 +23,7 @@ def table(report: str) -> tuple[list[str], dict[tuple[str, str], list[str]]]:
 
 def test_bench_adapters_reports_every_adapter_and_guard(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "docs" / "adapter_cost.md"
-    args = parser().parse_args(
+    args = build_parser().parse_args(
         ["bench-adapters", "--iterations", "1", "--repeats", "1", "--warmup", "0", "--batch", "4", "--threads", "1",
          "--out", str(out)]
     )
@@ -60,6 +52,6 @@ def test_bench_adapters_reports_every_adapter_and_guard(tmp_path, capsys: pytest
 @pytest.mark.parametrize("option", [["--adapters", "vanilla,dfad"], ["--batch", "0"], ["--repeats", "x"]])
 def test_bench_adapters_rejects_bad_options(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        parser().parse_args(["bench-adapters", *option])
+        build_parser().parse_args(["bench-adapters", *option])
     assert exc.value.code == 2
     assert option[0] in capsys.readouterr().err

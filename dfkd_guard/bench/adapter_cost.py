@@ -37,24 +37,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import re
-import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dfkd_guard.bench.scorer_cost import (
-    _calls_per_timing,
-    _count,
-    _load_average,
-    _num,
-    _timed,
-    _usable_cores,
-    machine_line,
-)
+from dfkd_guard.bench import reporting
 
 if TYPE_CHECKING:
     import torch
@@ -131,62 +118,36 @@ SETUPS: dict[str, Setup] = {
 LATENT_DIM = 100
 POOL_SIZE = 1024
 
+_COMMAND = "bench-adapters"
+#: Options of the reproducing command line, in order (those left to a None default are omitted).
+_OPTIONS = ("--iterations", "--repeats", "--stat", "--warmup", "--batch", "--threads", "--adapters", "--seed", "--out")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "bench-adapters",
+        _COMMAND,
         help="time a DFKD iteration of each adapter with the guard off, energy and atesc",
         description="Seconds per DFKD iteration of each adapter with the guard off, with the energy scorer and "
         "with atesc (3 PGD steps), in one run; prints a Markdown table with the guarded/unguarded ratios.",
     )
     parser.add_argument(
         "--iterations",
-        type=_count(1),
+        type=reporting.positive_int(1),
         default=None,
         help="timed DFKD iterations per setting and round (default: "
         + ", ".join(f"{s.iterations} for {n}" for n, s in SETUPS.items())
         + ")",
     )
-    parser.add_argument("--repeats", type=_count(1), default=3, help="timed rounds (default: 3)")
-    parser.add_argument(
-        "--stat",
-        choices=("median", "min"),
-        default="median",
-        help="statistic over the rounds; 'min' is steadier on a busy machine (default: median)",
-    )
-    parser.add_argument("--warmup", type=_count(0), default=1, help="untimed rounds before the timed ones (default: 1)")
+    parser.add_argument("--repeats", type=reporting.positive_int(1), default=3, help="timed rounds (default: 3)")
+    reporting.add_timing_options(parser)
     parser.add_argument(
         "--batch",
-        type=_count(1),
+        type=reporting.positive_int(1),
         default=None,
         help="synthetic and student batch size of every adapter (default: 64 for vanilla, 32 for the pooled ones)",
-
     )
-    parser.add_argument(
-        "--threads", type=_count(1), default=None, help="torch.set_num_threads value (default: leave torch's choice)"
-    )
-    parser.add_argument(
-        "--adapters",
-        default=",".join(ADAPTERS),
-        type=_adapter_list,
-        help=f"comma-separated adapters among {', '.join(ADAPTERS)} (default: all)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and random draws (default: 0)")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the report to FILE")
+    reporting.add_run_options(parser, "adapters", ADAPTERS, seeded="the weights and random draws")
     parser.set_defaults(func=run)
-
-
-def _adapter_names(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ADAPTERS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(ADAPTERS)}, got {text!r}")
-    return names
-
-
-def _adapter_list(text: str) -> str:
-    _adapter_names(text)
-    return text
 
 
 @dataclass(frozen=True)
@@ -229,22 +190,12 @@ def _verdict(ok: bool, target: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    started = datetime.datetime.now(datetime.timezone.utc)
-    load = _load_average()
+    started, load = reporting.start_run(args.threads)
     rows: list[Row] = []
-    for name in _adapter_names(args.adapters):
+    for name in reporting.parse_names(args.adapters, ADAPTERS):
         rows += _bench_adapter(name, args)
-    load = f"{load} at start, {_load_average()} at end"
-    report = _report(rows, args, started, load)
-    print(report, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
-        _progress(f"wrote {args.out}")
+    load = reporting.load_span(load)
+    reporting.publish(_report(rows, args, started, load), args.out, _COMMAND)
     return 0
 
 
@@ -317,15 +268,16 @@ def _bench_adapter(name: str, args: argparse.Namespace) -> list[Row]:
     scorers: dict[str, Callable[[], object]] = {}
     for label, config in GUARDS[1:]:
         guard = Guard(GuardConfig(**config), teacher, load_entrypoints=False)
-        scorers[label] = _bound_score(guard, images, logits)
+        scorers[label] = reporting.score_task(guard, images, logits)
 
     def iterate(label: str, count: int) -> float:
         synthesizer, optimizer = runs[label]
-        return train(synthesizer, optimizer, count, kd_steps=setup.kd_steps, progress=None).seconds_per_iteration
+        return train(synthesizer, optimizer, count, kd_steps=setup.kd_steps, progress=False).seconds_per_iteration
 
-    _progress(
+    reporting.progress(
+        _COMMAND,
         f"{name}: {setup.describe(batch, iterations)}; {torch.get_num_threads()} threads, "
-        f"{args.warmup} warm-up + {args.repeats} rounds"
+        f"{args.warmup} warm-up + {args.repeats} rounds",
     )
     labels = [label for label, _ in GUARDS]
     last: dict[str, float] = {}
@@ -333,9 +285,9 @@ def _bench_adapter(name: str, args: argparse.Namespace) -> list[Row]:
         for label in labels:
             iterate(label, 1)
         for label, task in scorers.items():
-            last[label] = _timed(task, 1)
-        _progress(f"{name}: warm-up {round_ + 1}/{args.warmup} done")
-    inner = {label: _calls_per_timing(task, last.get(label)) for label, task in scorers.items()}
+            last[label] = reporting.timed(task, 1)
+        reporting.progress(_COMMAND, f"{name}: warm-up {round_ + 1}/{args.warmup} done")
+    inner = {label: reporting.calls_per_timing(task, last.get(label)) for label, task in scorers.items()}
     seconds: dict[str, list[float]] = {label: [] for label in labels}
     score_seconds: dict[str, list[float]] = {label: [] for label in scorers}
     for round_ in range(args.repeats):
@@ -343,13 +295,13 @@ def _bench_adapter(name: str, args: argparse.Namespace) -> list[Row]:
         for label in labels[shift:] + labels[:shift]:
             seconds[label].append(iterate(label, iterations))
         for label, task in scorers.items():
-            score_seconds[label].append(_timed(task, inner[label]))
+            score_seconds[label].append(reporting.timed(task, inner[label]))
         latest = ", ".join(f"{label} {values[-1]:.3g} s/it" for label, values in seconds.items())
-        _progress(f"{name}: round {round_ + 1}/{args.repeats}: {latest}")
+        reporting.progress(_COMMAND, f"{name}: round {round_ + 1}/{args.repeats}: {latest}")
     for synthesizer, _ in runs.values():
         synthesizer.close()
 
-    stat = statistics.median if args.stat == "median" else min
+    stat = reporting.statistic(args.stat)
     median = {label: stat(values) for label, values in seconds.items()}
     score = {label: stat(values) for label, values in score_seconds.items()}
     pgd = setup.scored_batches * (score["atesc k=3"] - score["energy"])
@@ -358,34 +310,7 @@ def _bench_adapter(name: str, args: argparse.Namespace) -> list[Row]:
     ]
 
 
-def _bound_score(guard: Any, images: Any, logits: Any) -> Callable[[], object]:
-    def score() -> object:
-        return guard.score(images, logits)
-
-    return score
-
-
-def _progress(message: str) -> None:
-    print(f"[bench-adapters] {message}", file=sys.stderr, flush=True)
-
-
 # -- reporting ---------------------------------------------------------------
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces this run."""
-    parts = ["dfkd-guard", "bench-adapters"]
-    if args.iterations is not None:
-        parts += ["--iterations", str(args.iterations)]
-    parts += ["--repeats", str(args.repeats), "--stat", args.stat, "--warmup", str(args.warmup)]
-    if args.batch is not None:
-        parts += ["--batch", str(args.batch)]
-    if args.threads is not None:
-        parts += ["--threads", str(args.threads)]
-    parts += ["--adapters", args.adapters, "--seed", str(args.seed)]
-    if args.out is not None:
-        parts += ["--out", str(args.out)]
-    return " ".join(parts)
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -396,11 +321,13 @@ def format_table(rows: Sequence[Row]) -> str:
     ]
     for row in rows:
         off = row.guard == "off"
-        per_pgd = row.per_pgd
+        num = reporting.format_number
+        overhead = "-" if off else num(row.overhead)
+        pgd = "-" if row.pgd_seconds is None else num(row.pgd_seconds)
+        per_pgd = "-" if row.per_pgd is None else num(row.per_pgd)
         lines.append(
-            f"| {row.adapter} | {row.guard} | {_num(row.seconds)} | {_num(row.ratio)} | "
-            f"{'-' if off else _num(row.overhead)} | {'-' if row.pgd_seconds is None else _num(row.pgd_seconds)} | "
-            f"{'-' if per_pgd is None else _num(per_pgd)} | {row.verdict()} |"
+            f"| {row.adapter} | {row.guard} | {num(row.seconds)} | {num(row.ratio)} | "
+            f"{overhead} | {pgd} | {per_pgd} | {row.verdict()} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -409,24 +336,19 @@ def _report(rows: Sequence[Row], args: argparse.Namespace, started: datetime.dat
     batch = args.batch
     setups = "\n".join(
         f"  - `{name}`: {setup.describe(batch or setup.batch_size, args.iterations or setup.iterations)}"
-        for name, setup in ((name, SETUPS[name]) for name in _adapter_names(args.adapters))
+        for name, setup in ((name, SETUPS[name]) for name in reporting.parse_names(args.adapters, ADAPTERS))
     )
-    busy = ""
-    if any(float(x) > (_usable_cores() or os.cpu_count() or 1) for x in re.findall(r"\d+\.\d+", load)):
-        busy = "- **The machine was busy (load average above the core count): timings are noisy.**\n"
     return (
         "# Adapter cost\n\n"
-        f"- Command: `{command_line(args)}`\n"
-        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')}\n"
-        f"- Machine: {machine_line(started, load)}\n"
-        "- Seconds per DFKD iteration (`train(...).seconds_per_iteration`): "
+        + reporting.report_header(f"dfkd-guard {_COMMAND}", args, _OPTIONS, started, load)
+        + "- Seconds per DFKD iteration (`train(...).seconds_per_iteration`): "
         f"{args.stat} of {_plural(args.repeats, 'round')} "
         f"after {_plural(args.warmup, 'warm-up round')}; the guard settings take turns in each round.\n"
         "  Teacher 32-64-128, student 16-32-64, random weights (BN statistics from random images).\n"
         f"{setups}\n"
         "  `PGD s / it`: (`Guard.score` with atesc minus with energy, on a batch of the adapter's size) x batches\n"
         "  scored per iteration. `overhead`: s / it minus the unguarded s / it.\n"
-        + busy
+        + reporting.busy_warning(load)
         + "\n"
         + format_table(rows)
     )

@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -40,11 +38,14 @@ from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesiz
 from dfkd_guard.bench.data import Setting, build_setting
 from dfkd_guard.bench.metrics import OodProbe, accuracy, agreement, collapse_rate, predict
 from dfkd_guard.bench.models import ConvNet, Generator, make_student
+from dfkd_guard.bench.reporting import command_line, load_span, machine_line, start_run
 from dfkd_guard.bench.teachers import TeacherConfig, evaluate_teacher, load_or_train_teacher
 
 __all__ = ["register", "run", "DemoRow", "run_vanilla"]
 
 LATENT_DIM = 64
+#: Options of the reproducing command line in the report, in order.
+_OPTIONS = ("--iterations", "--teacher-steps", "--seed")
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def run_vanilla(
     student = make_student()
     guard = Guard(guard_config, teacher)
     config = VanillaConfig(**{**PRESETS["dfq"], "bn": 10.0}, batch_size=64, generator_lr=1e-2)
-    synthesizer = VanillaSynthesizer(teacher, student, Generator(LATENT_DIM), LATENT_DIM, guard, config)
+    synthesizer = VanillaSynthesizer(teacher, student, Generator(LATENT_DIM, base_channels=32), LATENT_DIM, guard, config)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     print(f"[{name}] {iterations} iterations: {guard!r}", file=sys.stderr, flush=True)
     result = train(synthesizer, optimizer, iterations, kd_steps=2, log_every=max(iterations // 10, 1))
@@ -123,8 +124,7 @@ def markdown_table(rows: list[DemoRow]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    started, load = start_run(args.threads or None)
     began = time.perf_counter()
     setting = build_setting("mnist_m", seed=args.seed)
     teachers = {}
@@ -147,13 +147,14 @@ def run(args: argparse.Namespace) -> int:
     ]
     table = markdown_table(rows)
     elapsed = time.perf_counter() - began
+    load = load_span(load)
     args.out.mkdir(parents=True, exist_ok=True)
     report = args.out / "report.md"
     report.write_text(
         "# dfkd-guard demo\n\n"
-        f"Command: `dfkd-guard demo --iterations {args.iterations} --teacher-steps {args.teacher_steps} --seed {args.seed}`  \n"
-        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; {elapsed / 60:.1f} min.\n\n"
+        f"Command: `{command_line('dfkd-guard demo', args, _OPTIONS)}`  \n"
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; {elapsed / 60:.1f} min.  \n"
+        f"Machine: {machine_line(started, load)}\n\n"
         "Vanilla generator DFKD (DFQ terms, BN weight 10), ID = MNIST, OOD = MNIST-M, real test sets.\n\n"
         f"{table}\n\nGuard config of the guarded run:\n\n```json\n{json.dumps(GuardConfig().model_dump(), indent=2)}\n```\n"
     )

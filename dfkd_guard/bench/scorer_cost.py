@@ -29,17 +29,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
-import os
-import platform
-import re
-import statistics
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from dfkd_guard.bench import reporting
 
 if TYPE_CHECKING:
     from torch import nn
@@ -69,71 +63,32 @@ TEACHERS: tuple[str, ...] = ("small", "resnet18")
 #: takes about 2-3 minutes on 2 idle cores, ResNet-18 being most of it.
 DEFAULT_REPEATS: dict[str, int] = {"small": 5, "resnet18": 3}
 
-_MIN_TIMING_SECONDS = 0.02
-_MAX_INNER_CALLS = 100
+_COMMAND = "bench-scorers"
+#: Options of the reproducing command line, in order (those left to a None default are omitted).
+_OPTIONS = ("--batch", "--repeats", "--stat", "--warmup", "--threads", "--teachers", "--seed", "--out")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "bench-scorers",
+        _COMMAND,
         help="time each built-in scorer relative to teacher forward / fwd+bwd passes",
         description="Time Guard.score for each built-in scorer against one teacher forward "
         "(and atesc against k training-style forward+backward passes); prints a Markdown table.",
     )
-    parser.add_argument("--batch", type=_count(1), default=256, help="batch size of every pass (default: 256)")
+    parser.add_argument(
+        "--batch", type=reporting.positive_int(1), default=256, help="batch size of every pass (default: 256)"
+    )
     parser.add_argument(
         "--repeats",
-        type=_count(1),
+        type=reporting.positive_int(1),
         default=None,
         help="timed rounds per teacher (default: "
         + ", ".join(f"{n} for {t}" for t, n in DEFAULT_REPEATS.items())
         + ")",
     )
-    parser.add_argument(
-        "--stat",
-        choices=("median", "min"),
-        default="median",
-        help="statistic over the rounds; 'min' is steadier on a busy machine (default: median)",
-    )
-    parser.add_argument("--warmup", type=_count(0), default=1, help="untimed rounds before the timed ones (default: 1)")
-    parser.add_argument(
-        "--threads", type=_count(1), default=None, help="torch.set_num_threads value (default: leave torch's choice)"
-    )
-    parser.add_argument(
-        "--teachers",
-        default=",".join(TEACHERS),
-        type=_teacher_list,
-        help=f"comma-separated teachers among {', '.join(TEACHERS)} (default: all)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and images (default: 0)")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the report to FILE")
+    reporting.add_timing_options(parser)
+    reporting.add_run_options(parser, "teachers", TEACHERS, seeded="the weights and images")
     parser.set_defaults(func=run)
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _teacher_names(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in TEACHERS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(TEACHERS)}, got {text!r}")
-    return names
-
-
-def _teacher_list(text: str) -> str:
-    _teacher_names(text)
-    return text
 
 
 @dataclass(frozen=True)
@@ -171,25 +126,14 @@ def _verdict(ratio: float, target: float, unit: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-
-    started = datetime.datetime.now(datetime.timezone.utc)
-    load = _load_average()
+    started, load = reporting.start_run(args.threads)
     rows: list[Row] = []
     repeats: dict[str, int] = {}
-    for name in _teacher_names(args.teachers):
+    for name in reporting.parse_names(args.teachers, TEACHERS):
         repeats[name] = args.repeats or DEFAULT_REPEATS[name]
         rows += _bench_teacher(name, args, repeats[name])
-    load = f"{load} at start, {_load_average()} at end"
-    report = _report(rows, args, started, load, repeats)
-    print(report, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
-        _progress(f"wrote {args.out}")
+    load = reporting.load_span(load)
+    reporting.publish(_report(rows, args, started, load, repeats), args.out, _COMMAND)
     return 0
 
 
@@ -236,23 +180,25 @@ def _bench_teacher(name: str, args: argparse.Namespace, repeats: int) -> list[Ro
     tasks: dict[str, Callable[[], object]] = {"forward": forward, "fwd+bwd": fwd_bwd}
     for label, choice, _ in SCORERS:
         guard = Guard(GuardConfig(scorer=choice), teacher, load_entrypoints=False)
-        tasks[label] = _bound_score(guard, images, logits)
+        tasks[label] = reporting.score_task(guard, images, logits)
 
     threads = torch.get_num_threads()
-    _progress(f"{name}: batch {args.batch}, {threads} threads, {args.warmup} warm-up + {repeats} rounds")
+    reporting.progress(
+        _COMMAND, f"{name}: batch {args.batch}, {threads} threads, {args.warmup} warm-up + {repeats} rounds"
+    )
     last: dict[str, float] = {}
     for round_ in range(args.warmup):
         for key, task in tasks.items():
-            last[key] = _timed(task, 1)
-        _progress(f"{name}: warm-up {round_ + 1}/{args.warmup} done")
-    inner = {key: _calls_per_timing(task, last.get(key)) for key, task in tasks.items()}
+            last[key] = reporting.timed(task, 1)
+        reporting.progress(_COMMAND, f"{name}: warm-up {round_ + 1}/{args.warmup} done")
+    inner = {key: reporting.calls_per_timing(task, last.get(key)) for key, task in tasks.items()}
     samples: dict[str, list[float]] = {key: [] for key in tasks}
     for round_ in range(repeats):
         for key, task in tasks.items():
-            samples[key].append(_timed(task, inner[key]))
-        _progress(f"{name}: round {round_ + 1}/{repeats} done")
+            samples[key].append(reporting.timed(task, inner[key]))
+        reporting.progress(_COMMAND, f"{name}: round {round_ + 1}/{repeats} done")
 
-    stat = statistics.median if args.stat == "median" else min
+    stat = reporting.statistic(args.stat)
     typical = {key: stat(values) for key, values in samples.items()}
     rows = [
         Row(name, "forward", typical["forward"], typical["forward"]),
@@ -264,100 +210,7 @@ def _bench_teacher(name: str, args: argparse.Namespace, repeats: int) -> list[Ro
     return rows
 
 
-def _bound_score(guard: Any, images: Any, logits: Any) -> Callable[[], object]:
-    def score() -> object:
-        return guard.score(images, logits)
-
-    return score
-
-
-def _calls_per_timing(task: Callable[[], object], elapsed: float | None) -> int:
-    """How many back-to-back calls make one timing last about 20 ms (one if a call already does).
-
-    :param elapsed: seconds of a warm call, if known; a long task is not run again.
-    """
-    if elapsed is None:
-        elapsed = _timed(task, 1)
-    if elapsed >= _MIN_TIMING_SECONDS:
-        return 1
-    elapsed = min(elapsed, _timed(task, 1))
-    return min(_MAX_INNER_CALLS, math.ceil(_MIN_TIMING_SECONDS / max(elapsed, 1e-9)))
-
-
-def _timed(task: Callable[[], object], calls: int) -> float:
-    """Mean seconds of one call of ``task`` over ``calls`` back-to-back calls."""
-    start = time.perf_counter()
-    for _ in range(calls):
-        task()
-    return (time.perf_counter() - start) / calls
-
-
-def _progress(message: str) -> None:
-    print(f"[bench-scorers] {message}", file=sys.stderr, flush=True)
-
-
 # -- reporting ---------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def _usable_cores() -> int | None:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-
-
-def _load_average() -> str:
-    try:
-        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except (AttributeError, OSError):
-        return "n/a"
-
-
-def machine_line(started: datetime.datetime | None = None, load: str | None = None) -> str:
-    """``CPU model | cores | torch version and threads | load | date`` on one line."""
-    import torch
-
-    started = started or datetime.datetime.now(datetime.timezone.utc)
-    usable = _usable_cores()
-    cores = f"{os.cpu_count()} logical cores" + (f" ({usable} usable)" if usable is not None else "")
-    return (
-        f"{_cpu_model()} | {cores} | torch {torch.__version__}, {torch.get_num_threads()} threads | "
-        f"Python {platform.python_version()} | load average {load or _load_average()} | "
-        f"{started.strftime('%Y-%m-%d %H:%M UTC')}"
-    )
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces this run."""
-    parts = ["dfkd-guard", "bench-scorers", "--batch", str(args.batch)]
-    if args.repeats is not None:
-        parts += ["--repeats", str(args.repeats)]
-    parts += ["--stat", args.stat, "--warmup", str(args.warmup)]
-    if args.threads is not None:
-        parts += ["--threads", str(args.threads)]
-    parts += ["--teachers", args.teachers, "--seed", str(args.seed)]
-    if args.out is not None:
-        parts += ["--out", str(args.out)]
-    return " ".join(parts)
-
-
-def _num(value: float) -> str:
-    """Three significant digits, never in exponent notation."""
-    if value == 0 or not math.isfinite(value):
-        return f"{value:g}"
-    decimals = max(0, 2 - math.floor(math.log10(abs(value))))
-    return f"{value:.{decimals}f}"
 
 
 def format_table(rows: Sequence[Row], batch: int) -> str:
@@ -374,9 +227,10 @@ def format_table(rows: Sequence[Row], batch: int) -> str:
         elif label == "fwd+bwd":
             label = "*teacher fwd+bwd, train mode (reference)*"
         per_fwd_bwd = row.per_fwd_bwd
+        num = reporting.format_number
         lines.append(
-            f"| {row.teacher} | {label} | {_num(row.seconds * 1e3)} | {_num(row.seconds * 1e6 / batch)} | "
-            f"{_num(row.per_forward)} | {'-' if per_fwd_bwd is None else _num(per_fwd_bwd)} | "
+            f"| {row.teacher} | {label} | {num(row.seconds * 1e3)} | {num(row.seconds * 1e6 / batch)} | "
+            f"{num(row.per_forward)} | {'-' if per_fwd_bwd is None else num(per_fwd_bwd)} | "
             f"{'-' if row.label in ('forward', 'fwd+bwd') else row.verdict()} |"
         )
     return "\n".join(lines) + "\n"
@@ -386,19 +240,14 @@ def _report(
     rows: Sequence[Row], args: argparse.Namespace, started: datetime.datetime, load: str, repeats: dict[str, int]
 ) -> str:
     rounds = ", ".join(f"{n} for {teacher}" for teacher, n in repeats.items())
-    busy = ""
-    if any(float(x) > (_usable_cores() or os.cpu_count() or 1) for x in re.findall(r"\d+\.\d+", load)):
-        busy = "- **The machine was busy (load average above the core count): timings are noisy.**\n"
     return (
         "# Scorer cost\n\n"
-        f"- Command: `{command_line(args)}`\n"
-        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')}\n"
-        f"- Machine: {machine_line(started, load)}\n"
-        f"- Batch {args.batch} of random 3x32x32 images; {args.stat} of {rounds} rounds after {args.warmup} warm-up.\n"
+        + reporting.report_header(f"dfkd-guard {_COMMAND}", args, _OPTIONS, started, load)
+        + f"- Batch {args.batch} of random 3x32x32 images; {args.stat} of {rounds} rounds after {args.warmup} warm-up.\n"
         "  `x forward`: time of `Guard.score(images, logits)` over one no-grad eval forward of the teacher.\n"
         "  `x k fwd+bwd`: atesc with k PGD steps over k train-mode forward + `loss.backward()` passes\n"
         "  with parameter grads.\n"
-        + busy
+        + reporting.busy_warning(load)
         + "\n"
         + format_table(rows, args.batch)
     )

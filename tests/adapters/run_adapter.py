@@ -47,7 +47,7 @@ def main() -> None:
                   load_entrypoints=False)
     synthesizer, optimizer, scheduler = make_adapter(args.adapter, teacher, guard)
     train(synthesizer, optimizer, ITERATIONS, kd_steps=2, scheduler=scheduler, checkpoint_path=args.checkpoint,
-          checkpoint_every=2, progress=None)
+          checkpoint_every=2, progress=False)
     torch.save(synthesizer.student.state_dict(), args.out)
 
 

@@ -73,7 +73,7 @@ def test_hooks_are_called_where_they_should_be(teacher, adapter) -> None:
     torch.manual_seed(0)
     guard, spy = spy_guard(teacher)
     synthesizer, optimizer, scheduler = make_adapter(adapter, teacher, guard)
-    result = train(synthesizer, optimizer, 3, kd_steps=2, scheduler=scheduler, progress=None)
+    result = train(synthesizer, optimizer, 3, kd_steps=2, scheduler=scheduler, progress=False)
     synthesizer.close()
     assert spy.calls["penalty"] == 3 * EXPECTED[adapter]["penalty"]
     assert spy.calls["score"] == 3 * EXPECTED[adapter]["score"]
@@ -89,7 +89,7 @@ def test_disabled_guard_calls_no_method_hook_and_keeps_every_sample(teacher, ada
     torch.manual_seed(0)
     guard, spy = spy_guard(teacher, enabled=False)
     synthesizer, optimizer, scheduler = make_adapter(adapter, teacher, guard)
-    result = train(synthesizer, optimizer, 2, kd_steps=2, scheduler=scheduler, progress=None)
+    result = train(synthesizer, optimizer, 2, kd_steps=2, scheduler=scheduler, progress=False)
     synthesizer.close()
     assert spy.calls["score"] == 0 and spy.calls["penalty"] == 0 and spy.calls["weights"] == 0
     assert spy.calls["step"] == 2
@@ -167,7 +167,7 @@ def test_vanilla_student_learns_from_the_teacher(teacher, setting) -> None:
             return {"acc": float((student(images).argmax(1) == labels).float().mean())}
 
     before = accuracy()["acc"]
-    result = train(synthesizer, optimizer, 60, kd_steps=2, evaluate=accuracy, progress=None)
+    result = train(synthesizer, optimizer, 60, kd_steps=2, evaluate=accuracy, progress=False)
     synthesizer.close()
     after = result.evaluations[-1][1]["acc"]
     assert after > max(before + 0.1, 0.18), (before, after)  # real digits, never seen: well above chance

@@ -66,7 +66,7 @@ class SpyScorer:
 @pytest.mark.parametrize("enabled", [True, False], ids=["guard-on", "guard-off"])
 def test_pool_grows_one_batch_per_round_with_scores(enabled: bool) -> None:
     synthesizer, optimizer = build(GUARD_ON if enabled else GUARD_OFF)
-    result = train(synthesizer, optimizer, 3, kd_steps=2, progress=None)
+    result = train(synthesizer, optimizer, 3, kd_steps=2, progress=False)
     assert len(synthesizer.pool) == 3 * SMALL.batch_size
     assert synthesizer.pool.scores is not None and synthesizer.pool.images is not None
     assert torch.isfinite(synthesizer.pool.images).all()
@@ -96,7 +96,7 @@ def test_pooled_images_are_in_teacher_units() -> None:
 def test_replay_reuses_stored_scores() -> None:
     spy = SpyScorer()
     synthesizer, optimizer = build(GuardConfig(scorer="spy"), plugins=(spy,))
-    train(synthesizer, optimizer, 2, kd_steps=3, progress=None)
+    train(synthesizer, optimizer, 2, kd_steps=3, progress=False)
     assert spy.calls == 2  # once per round, never during the 6 student steps
     assert spy.images == 2 * SMALL.batch_size
     batch = synthesizer.sample()
@@ -151,18 +151,18 @@ def test_memory_bank_is_bounded() -> None:
 
 def test_resume_gives_the_uninterrupted_student(tmp_path: Path) -> None:
     synthesizer, optimizer = build(GUARD_ON)
-    train(synthesizer, optimizer, 4, kd_steps=2, progress=None)
+    train(synthesizer, optimizer, 4, kd_steps=2, progress=False)
     expected = synthesizer.student.state_dict()
     expected_pool = synthesizer.pool.images
     synthesizer.close()
 
     checkpoint = tmp_path / "cmi.pt"
     first, first_optimizer = build(GUARD_ON)
-    train(first, first_optimizer, 2, kd_steps=2, checkpoint_path=checkpoint, progress=None)
+    train(first, first_optimizer, 2, kd_steps=2, checkpoint_path=checkpoint, progress=False)
     first.close()
     resumed, resumed_optimizer = build(GUARD_ON, seed=1)  # other initial weights: the checkpoint replaces them
     torch.manual_seed(123)  # the checkpoint, not the caller's RNG, decides what follows
-    result = train(resumed, resumed_optimizer, 4, kd_steps=2, checkpoint_path=checkpoint, progress=None)
+    result = train(resumed, resumed_optimizer, 4, kd_steps=2, checkpoint_path=checkpoint, progress=False)
     assert len(result.history) == 4
     got = resumed.student.state_dict()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
