@@ -115,6 +115,10 @@ class Synthesizer(ABC):
             )
         return int(t_out.shape[1])
 
+    def __repr__(self) -> str:
+        """The adapter's class, hyper-parameters (its ``config``) and guard."""
+        return f"{type(self).__name__}({getattr(self, 'config', None)!r}, guard={self.guard!r})"
+
     def check_images(self, images: torch.Tensor, source: str) -> None:
         """Raise a clear error when synthesised images do not fit the teacher."""
         if tuple(images.shape[1:]) != self.image_shape:

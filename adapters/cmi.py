@@ -239,9 +239,6 @@ class CMISynthesizer(Synthesizer):
         self.bank = FeatureBank(self.config.bank_size, 2 * feature_dim)
         self.pool = ImagePool(self.config.pool_size)
 
-    def __repr__(self) -> str:
-        return f"CMISynthesizer({self.config!r}, guard={self.guard!r})"
-
     def _images(self, z: torch.Tensor) -> torch.Tensor:
         return self.guard.config.normalization.normalize(self.generator(z))
 

@@ -106,9 +106,6 @@ class DeepInversionSynthesizer(Synthesizer):
         self.bn_statistics = BatchNormStatistics(self.teacher) if self.config.bn > 0 else None
         self.pool = ImagePool(self.config.pool_size)
 
-    def __repr__(self) -> str:
-        return f"DeepInversionSynthesizer({self.config!r}, guard={self.guard!r})"
-
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         j = self.config.jitter
         if j:

@@ -103,9 +103,6 @@ class VanillaSynthesizer(Synthesizer):
         with torch.no_grad():
             self.check_images(self._images(2), "the generator")
 
-    def __repr__(self) -> str:
-        return f"VanillaSynthesizer({self.config!r}, guard={self.guard!r})"
-
     def _keep_features(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         self._features = inputs[0]
 

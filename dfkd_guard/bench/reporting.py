@@ -267,9 +267,13 @@ def machine_line(started: datetime.datetime | None = None, load: str | None = No
 
 
 def busy_warning(load: str) -> str:
-    """A report line warning that timings are noisy if any load average in ``load`` exceeds the cores; else ``""``."""
+    """A report line warning that timings are noisy if a 1-minute load average in ``load`` exceeds the cores; else ``""``.
+
+    ``load`` holds ``"1-min, 5-min, 15-min"`` triples (see :func:`load_average`);
+    the longer averages still count work that ended before the run.
+    """
     cores = usable_cores() or os.cpu_count() or 1
-    if any(float(x) > cores for x in re.findall(r"\d+\.\d+", load)):
+    if any(float(x) > cores for x in re.findall(r"(\d+\.\d+), \d+\.\d+, \d+\.\d+", load)):
         return "- **The machine was busy (load average above the core count): timings are noisy.**\n"
     return ""
 

@@ -70,6 +70,9 @@ def test_machine_line_names_torch_cores_and_date() -> None:
 def test_busy_warning_only_above_the_core_count() -> None:
     assert busy_warning("0.00, 0.00, 0.00 at start, n/a at end") == ""
     assert "busy" in busy_warning("100000.00, 0.00, 0.00")
+    assert "busy" in busy_warning("0.10, 0.00, 0.00 at start, 100000.00, 0.00, 0.00 at end")
+    # Only the 1-minute average counts: the longer ones remember work done before the run.
+    assert busy_warning("0.10, 100000.00, 100000.00 at start, 0.20, 100000.00, 100000.00 at end") == ""
 
 
 def test_command_line_skips_options_left_to_none() -> None:
