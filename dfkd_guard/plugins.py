@@ -140,6 +140,13 @@ class PluginRegistry:
             for component in components:
                 if not isinstance(component, Component):
                     raise PluginError(name, "dfkd_guard_components", f"returned {component!r}, not a Component")
+                hook_name = _METHOD_HOOKS[component.kind]
+                if not any(i.plugin_name == name for i in getattr(self.manager.hook, hook_name).get_hookimpls()):
+                    raise PluginError(
+                        name,
+                        "dfkd_guard_components",
+                        f"declares {component.kind} {component.name!r} but does not implement {hook_name}",
+                    )
                 key = (component.kind, component.name)
                 if key in found:
                     raise PluginError(

@@ -130,8 +130,22 @@ def test_duplicate_component_names_are_an_error_naming_both_plugins(teacher) -> 
         def dfkd_guard_components(self):
             return [Component("scorer", "msp", "clash")]
 
+        @hookimpl
+        def dfkd_guard_score(self, logits):
+            return logits[:, 0]
+
     with pytest.raises(PluginError, match=r"scorer 'msp' is already declared by plugin 'dfkd_guard.scorers.logit_scores'"):
         Guard(None, teacher, plugins=[Another()], load_entrypoints=False)
+
+
+def test_a_component_without_its_method_hook_is_refused(teacher) -> None:
+    class DeclaresOnly:
+        @hookimpl
+        def dfkd_guard_components(self):
+            return [Component("penalty", "ghost", "never implemented")]
+
+    with pytest.raises(PluginError, match="declares penalty 'ghost' but does not implement dfkd_guard_generator_penalty"):
+        Guard(None, teacher, plugins=[DeclaresOnly()], load_entrypoints=False)
 
 
 def test_a_hook_outside_the_contract_is_refused(teacher) -> None:
