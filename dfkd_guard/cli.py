@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dfkd_guard.bench.demo",
     "dfkd_guard.bench.scorer_cost",
     "dfkd_guard.bench.adapter_cost",
+    "dfkd_guard.bench.bench_command",
 )
 
 

@@ -46,10 +46,12 @@ if TYPE_CHECKING:
 
 if sys.version_info >= (3, 11):
     import tomllib
+    from typing import Self
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
+    from typing_extensions import Self
 
-__all__ = ["ComponentChoice", "PenaltyChoice", "ForgetConfig", "GuardConfig", "ResolvedChoice"]
+__all__ = ["ComponentChoice", "PenaltyChoice", "ForgetConfig", "FileConfig", "GuardConfig", "ResolvedChoice"]
 
 
 class ComponentChoice(BaseModel):
@@ -86,23 +88,11 @@ class ForgetConfig(BaseModel):
     weight: float = Field(default=1.0, ge=0.0, description="lambda, multiplier of the forgetting term")
 
 
-class GuardConfig(BaseModel):
-    """Everything that decides what a guard does. Immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(default=True, description="False: score nothing, weight 1 everywhere, no penalty")
-    scorer: ComponentChoice = Field(default=ComponentChoice(name="atesc"), description="OOD scorer")
-    weighting: ComponentChoice = Field(default=ComponentChoice(name="split"), description="sample weighting")
-    penalties: tuple[PenaltyChoice, ...] = Field(default=(), description="generator penalties, summed")
-    forget: ForgetConfig = Field(default_factory=ForgetConfig, description="forgetting term")
-    kd_temperature: float = Field(default=1.0, gt=0.0, description="tau of KL(T/tau || S/tau) * tau^2")
-    normalization: Normalization = Field(
-        default_factory=Normalization, description="how [0,1] pixels are normalised for the teacher"
-    )
+class FileConfig(BaseModel):
+    """A pydantic model that also loads from ``.toml`` / ``.json`` files, raising :class:`ConfigError`."""
 
     @classmethod
-    def from_file(cls, path: str | Path) -> GuardConfig:
+    def from_file(cls, path: str | Path) -> Self:
         """Read a config from a ``.json`` or ``.toml`` file.
 
         :raises ConfigError: naming the file and the field, for unreadable files,
@@ -123,12 +113,28 @@ class GuardConfig(BaseModel):
         return cls.from_mapping(data, source=str(path))
 
     @classmethod
-    def from_mapping(cls, data: Any, source: str | None = None) -> GuardConfig:
-        """Validate a plain mapping (parsed JSON/TOML), raising :class:`ConfigError`."""
+    def from_mapping(cls, data: Any, source: str | None = None) -> Self:
+        """Validate a plain mapping (parsed JSON/TOML), raising :class:`ConfigError` naming the field."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise config_error(exc, prefix="", source=source) from exc
+
+
+class GuardConfig(FileConfig):
+    """Everything that decides what a guard does. Immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="False: score nothing, weight 1 everywhere, no penalty")
+    scorer: ComponentChoice = Field(default=ComponentChoice(name="atesc"), description="OOD scorer")
+    weighting: ComponentChoice = Field(default=ComponentChoice(name="split"), description="sample weighting")
+    penalties: tuple[PenaltyChoice, ...] = Field(default=(), description="generator penalties, summed")
+    forget: ForgetConfig = Field(default_factory=ForgetConfig, description="forgetting term")
+    kd_temperature: float = Field(default=1.0, gt=0.0, description="tau of KL(T/tau || S/tau) * tau^2")
+    normalization: Normalization = Field(
+        default_factory=Normalization, description="how [0,1] pixels are normalised for the teacher"
+    )
 
     def resolve(self, components: dict[tuple[str, str], Component]) -> ResolvedConfig:
         """Check names and parameters against the registered components.

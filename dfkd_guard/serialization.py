@@ -10,30 +10,43 @@ process killed while writing leaves the previous file intact. Reading uses
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["save_atomic", "load_plain"]
+__all__ = ["save_atomic", "write_json_atomic", "load_plain"]
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` so that ``path`` is always either old or new, never partial."""
+def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, flush it to disk, rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` with ``torch.save`` so that ``path`` is always either old or new, never partial."""
+    _write_atomic(path, lambda handle: torch.save(state, handle))
+
+
+def write_json_atomic(data: Any, path: str | Path) -> None:
+    """Write ``data`` as JSON (NaN refused) so that ``path`` is always either old or new, never partial."""
+    text = json.dumps(data, indent=1, allow_nan=False)
+    _write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_plain(path: str | Path, what: str = "dfkd-guard checkpoint") -> dict[str, Any]:

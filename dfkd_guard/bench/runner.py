@@ -1,0 +1,556 @@
+"""Runs of ``dfkd-guard bench``: enumeration, execution, metrics, resumable storage.
+
+A run is one DFKD training: (setting, adapter, teacher row, seed) under a
+:class:`~dfkd_guard.bench.config.BenchConfig`. Its id is readable and stable:
+``<setting>-<adapter>-<row>-seed<seed>-<hash>``, the hash being the SHA-256 of
+everything that determines the run (:func:`run_config`), so a changed budget,
+adapter config, teacher or guard gives a new id while an unchanged run keeps
+its id across processes.
+
+Each finished run is stored as ``<out>/runs/<run_id>.json`` (written to a
+temporary file, then renamed over the target): its config, metric curves,
+final metrics and timing. :func:`run_bench` skips every run whose file exists,
+so an interrupted benchmark resumes where it stopped. Per teacher, the
+teacher's own accuracy and the AUROC of each scorer on real ID vs real OOD
+test images are stored once in ``<out>/teacher_metrics/<id>.json``.
+
+Metrics (all on held-out real test images, rates in [0, 1]):
+
+* ``iacc``: student accuracy on the ID (MNIST) test set;
+* ``oacc``: student accuracy on the OOD test set, close-set settings only
+  (for ``backdoor``: triggered digits against their true labels);
+* ``oagr``: share of OOD test images where the student predicts what the
+  NTL teacher of the setting predicts;
+* ``asr``: share of triggered non-target test digits the student sends to
+  the target class; ``asr_minus_clean``: ``asr`` minus the share of the clean
+  versions of the same digits it sends there (``backdoor`` only);
+* trap diagnostics on the adapter's latest synthetic batch: ``ood_share`` (OOD
+  side of a linear probe on the teacher's features fitted on real ID vs OOD
+  train images), ``collapse`` (share of the teacher's predictions in the most
+  frequent class) and ``flagged`` (share of student samples the guard forgot
+  since the previous evaluation, from the guard's step reports).
+
+A run's final value of each metric is the mean of its last 3 evaluations.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from dfkd_guard import Guard, GuardConfig
+from dfkd_guard.errors import ConfigError
+from dfkd_guard.hookspecs import hookimpl
+from dfkd_guard.metrics import auroc
+from dfkd_guard.plugins import PluginRegistry
+from dfkd_guard.serialization import write_json_atomic
+
+from . import reporting
+from .config import ROW_LABELS, BenchConfig
+from .data import Setting, build_setting
+from .metrics import OodProbe, collapse_rate, predict
+from .models import ConvNet, Generator
+from .teachers import TeacherConfig, evaluate_teacher, load_or_train_teacher
+
+__all__ = [
+    "CODE_VERSION",
+    "FINAL_WINDOW",
+    "BenchSummary",
+    "RunSpec",
+    "EvalLabels",
+    "asr_minus_clean",
+    "enumerate_runs",
+    "final_metrics",
+    "preflight",
+    "prediction_metrics",
+    "run_bench",
+    "run_config",
+    "run_id",
+    "run_path",
+    "teacher_config",
+    "teacher_kind",
+    "teacher_record_id",
+    "teacher_record_path",
+]
+
+CODE_VERSION = "dfkd_guard.bench.runner/1"
+"""Part of every run id: bump it whenever the run code changes its results."""
+#: Evaluations averaged into a run's final metrics (IAcc is the mean of the last 3).
+FINAL_WINDOW = 3
+#: Images per :meth:`Guard.score` call when scoring real test images (fixed, so scores never depend on it).
+_SCORE_CHUNK = 100
+
+
+# -- what runs -------------------------------------------------------------------
+
+
+def teacher_kind(row: str, setting: str) -> str:
+    """The teacher a row uses: ``sl``, or ``ntl`` (``ntl_backdoor`` in the backdoor setting)."""
+    if row.startswith("sl"):
+        return "sl"
+    return "ntl_backdoor" if setting == "backdoor" else "ntl"
+
+
+def ntl_kind(setting: str) -> str:
+    """The NTL teacher of a setting (the reference of OAgr)."""
+    return teacher_kind("ntl", setting)
+
+
+@dataclass(frozen=True, order=True)
+class RunSpec:
+    """One cell of the table before seeds are averaged, for one seed."""
+
+    setting: str
+    adapter: str
+    row: str
+    seed: int
+
+    @property
+    def teacher(self) -> str:
+        return teacher_kind(self.row, self.setting)
+
+    @property
+    def guarded(self) -> bool:
+        return self.row.endswith("_guard")
+
+    def label(self) -> str:
+        return f"{self.setting}/{self.adapter}/{ROW_LABELS[self.row]}/seed {self.seed}"
+
+
+def enumerate_runs(config: BenchConfig) -> list[RunSpec]:
+    """Every run of ``config``, in table order: setting, adapter, row, seed."""
+    return [
+        RunSpec(setting, adapter, row, seed)
+        for setting in config.settings
+        for adapter in config.adapters[setting]
+        for row in config.rows
+        for seed in config.seeds
+    ]
+
+
+def teacher_config(config: BenchConfig, setting: str, kind: str) -> TeacherConfig:
+    """The :class:`TeacherConfig` of one teacher of the benchmark."""
+    return TeacherConfig(
+        kind=kind,
+        setting=setting,
+        data_seed=config.data_seed,
+        target_class=config.target_class,
+        steps=config.teacher_steps,
+        batch_size=config.teacher_batch_size,
+        seed=config.teacher_seed,
+        widths=config.teacher_widths,
+    )
+
+
+def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
+    """Everything that determines a run's result, as plain JSON data (hashed into its id)."""
+    adapter_config = getattr(config, spec.adapter)
+    guard = config.guard if spec.guarded else GuardConfig(enabled=False, normalization=config.guard.normalization)
+    return {
+        "code_version": CODE_VERSION,
+        "setting": spec.setting,
+        "adapter": spec.adapter,
+        "row": spec.row,
+        "seed": spec.seed,
+        "teacher": teacher_config(config, spec.setting, spec.teacher).model_dump(mode="json"),
+        "ntl_teacher": teacher_config(config, spec.setting, ntl_kind(spec.setting)).model_dump(mode="json"),
+        "guard": guard.model_dump(mode="json"),
+        "histogram_scorer": config.guard.scorer.model_dump(mode="json"),
+        "adapter_config": adapter_config.model_dump(mode="json"),
+        "iterations": config.iterations,
+        "eval_every": config.eval_every,
+        "kd_steps": config.kd_steps,
+        "student_lr": config.student_lr,
+        "student_widths": list(config.student_widths),
+        "latent_dim": config.latent_dim,
+        "generator_width": config.generator_width,
+        "probe_images": config.probe_images,
+        "test_images": config.test_images,
+    }
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def run_id(config: BenchConfig, spec: RunSpec) -> str:
+    """``<setting>-<adapter>-<row>-seed<seed>-<first 12 hex digits of the run config's hash>``."""
+    return f"{spec.setting}-{spec.adapter}-{spec.row}-seed{spec.seed}-{_digest(run_config(config, spec))[:12]}"
+
+
+def run_path(config: BenchConfig, spec: RunSpec, out: Path | None = None) -> Path:
+    """Where the finished run is stored."""
+    return Path(out or config.output_dir) / "runs" / f"{run_id(config, spec)}.json"
+
+
+def teacher_record_id(config: BenchConfig, setting: str, kind: str) -> str:
+    """Id of a teacher's metrics record: kind, setting and a hash of what the record depends on."""
+    data = {
+        "code_version": CODE_VERSION,
+        "teacher": teacher_config(config, setting, kind).model_dump(mode="json"),
+        "auroc_scorers": list(config.auroc_scorers),
+        "auroc_images": config.auroc_images,
+        "histogram_scorer": config.guard.scorer.model_dump(mode="json"),
+        "normalization": config.guard.normalization.model_dump(mode="json"),
+    }
+    return f"{kind}-{setting}-{_digest(data)[:12]}"
+
+
+def teacher_record_path(config: BenchConfig, setting: str, kind: str, out: Path | None = None) -> Path:
+    return Path(out or config.output_dir) / "teacher_metrics" / f"{teacher_record_id(config, setting, kind)}.json"
+
+
+# -- metrics on predictions --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalLabels:
+    """What the real-data metrics compare a student's predictions with.
+
+    :param id_labels: (N,) true labels of the ID test images.
+    :param ood_labels: (M,) labels of the OOD test images (digit labels in close-set settings).
+    :param ntl_ood: (M,) the NTL teacher's predictions on the OOD test images.
+    :param close_set: OOD labels share the ID label space (OAcc is defined).
+    :param target_class: backdoor target class; None outside the backdoor setting.
+    """
+
+    id_labels: torch.Tensor
+    ood_labels: torch.Tensor
+    ntl_ood: torch.Tensor
+    close_set: bool
+    target_class: int | None = None
+
+
+def asr_minus_clean(triggered: torch.Tensor, clean: torch.Tensor, target_class: int) -> tuple[float, float]:
+    """Attack success rate and how much it exceeds the clean rate of the target class.
+
+    :param triggered: (M,) predictions on triggered non-target digits.
+    :param clean: (M,) predictions on the same digits without the trigger.
+    :returns: ``(asr, asr - clean_rate)`` where ``asr`` is the share of
+        ``triggered`` equal to ``target_class`` and ``clean_rate`` the share of ``clean``.
+    """
+    if triggered.shape != clean.shape or triggered.ndim != 1 or not len(triggered):
+        raise ValueError(f"need two non-empty (M,) prediction tensors, got {tuple(triggered.shape)} and {tuple(clean.shape)}")
+    asr = float((triggered == target_class).float().mean())
+    return asr, asr - float((clean == target_class).float().mean())
+
+
+def prediction_metrics(
+    pred_id: torch.Tensor, pred_ood: torch.Tensor, labels: EvalLabels, pred_clean: torch.Tensor | None = None
+) -> dict[str, float]:
+    """IAcc, OAcc (close-set), OAgr, and ASR / ASR minus clean rate (backdoor) from a student's predictions.
+
+    :param pred_id: (N,) predictions on the ID test images.
+    :param pred_ood: (M,) predictions on the OOD test images.
+    :param pred_clean: (M,) predictions on the clean versions of the OOD images (backdoor only).
+    """
+    metrics = {
+        "iacc": float((pred_id == labels.id_labels).float().mean()),
+        "oagr": float((pred_ood == labels.ntl_ood).float().mean()),
+    }
+    if labels.close_set:
+        metrics["oacc"] = float((pred_ood == labels.ood_labels).float().mean())
+    if labels.target_class is not None:
+        if pred_clean is None:
+            raise ValueError("the backdoor metrics need the predictions on the clean versions of the OOD images")
+        metrics["asr"], metrics["asr_minus_clean"] = asr_minus_clean(pred_ood, pred_clean, labels.target_class)
+    return metrics
+
+
+def final_metrics(evaluations: list[dict[str, float | None]], window: int = FINAL_WINDOW) -> dict[str, float | None]:
+    """Per metric, the mean of its last ``window`` finite values (None when it has none)."""
+    names = sorted({name for evaluation in evaluations for name in evaluation})
+    final: dict[str, float | None] = {}
+    for name in names:
+        values = [v for e in evaluations if (v := e.get(name)) is not None and math.isfinite(v)][-window:]
+        final[name] = sum(values) / len(values) if values else None
+    return final
+
+
+# -- storage -----------------------------------------------------------------------
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+# -- execution ---------------------------------------------------------------------
+
+
+class _StepRecorder:
+    """Observer plugin: keeps each iteration's metrics the adapter reports to the guard."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    @hookimpl
+    def dfkd_guard_step_finished(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.steps.append(dict(metrics))
+
+
+@dataclass
+class BenchSummary:
+    """What :func:`run_bench` did: ids of the runs trained now and of those found finished."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def preflight(config: BenchConfig) -> None:
+    """Check the guard and every AUROC scorer against the registered plugins before any training.
+
+    :raises ConfigError: naming ``guard.<field>`` or ``auroc_scorers[i]``.
+    """
+    components = PluginRegistry().component_map()
+    try:
+        config.guard.resolve(components)
+    except ConfigError as exc:
+        raise ConfigError(f"guard.{exc.field}", str(exc).split(": ", 1)[-1]) from exc
+    for i, name in enumerate(config.auroc_scorers):
+        if ("scorer", name) not in components:
+            known = sorted(n for k, n in components if k == "scorer")
+            raise ConfigError(f"auroc_scorers[{i}]", f"unknown scorer {name!r}; registered: {', '.join(known)}")
+
+
+class _Context:
+    """Settings, teachers, probes and NTL predictions, built once per process when first needed."""
+
+    def __init__(self, config: BenchConfig, out: Path, say: Callable[[str], None]) -> None:
+        self.config = config
+        self.out = out
+        self.say = say
+        self._settings: dict[str, Setting] = {}
+        self._teachers: dict[tuple[str, str], ConvNet] = {}
+        self._probes: dict[tuple[str, str], OodProbe] = {}
+        self._test: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, EvalLabels]] = {}
+
+    def setting(self, name: str) -> Setting:
+        if name not in self._settings:
+            self._settings[name] = build_setting(name, self.config.data_seed, target_class=self.config.target_class)  # type: ignore[arg-type]
+        return self._settings[name]
+
+    def teacher(self, setting: str, kind: str) -> ConvNet:
+        key = (setting, kind)
+        if key not in self._teachers:
+            began = time.perf_counter()
+            model = load_or_train_teacher(
+                teacher_config(self.config, setting, kind), self.config.teacher_cache(self.out), data=self.setting(setting)
+            )
+            self._teachers[key] = model
+            self.say(f"teacher {kind} on {setting} ready ({time.perf_counter() - began:.1f} s)")
+        return self._teachers[key]
+
+    def probe(self, setting: str, kind: str) -> OodProbe:
+        key = (setting, kind)
+        if key not in self._probes:
+            data, n = self.setting(setting), self.config.probe_images
+            self._probes[key] = OodProbe(self.teacher(setting, kind).features, data.id_train.images[:n], data.ood_train.images[:n])
+        return self._probes[key]
+
+    def test_data(self, setting: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, EvalLabels]:
+        """ID test images, OOD test images, clean versions of the OOD images (backdoor), labels."""
+        if setting not in self._test:
+            data, n = self.setting(setting), self.config.test_images
+            id_images, id_labels = data.id_test.images[:n], data.id_test.labels[:n]
+            ood_images, ood_labels = data.ood_test.images[:n], data.ood_test.labels[:n]
+            clean = None
+            if data.target_class is not None:
+                # ood_test holds triggered copies of the non-target id_test digits, in order
+                clean = data.id_test.images[data.id_test.labels != data.target_class][:n]
+                if len(clean) != len(ood_images):
+                    raise RuntimeError("backdoor OOD test set does not match the non-target ID test digits")
+            ntl = predict(self.teacher(setting, ntl_kind(setting)), ood_images)
+            labels = EvalLabels(id_labels, ood_labels, ntl, data.close_set, data.target_class)
+            self._test[setting] = (id_images, ood_images, clean, labels)
+        return self._test[setting]
+
+
+def _scores(guard: Guard, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([guard.score(images[i : i + _SCORE_CHUNK]) for i in range(0, len(images), _SCORE_CHUNK)])
+
+
+def _teacher_record(ctx: _Context, setting: str, kind: str) -> dict[str, Any]:
+    """Accuracy of the teacher and the AUROC of every scorer on real ID vs OOD test images."""
+    config = ctx.config
+    teacher, data = ctx.teacher(setting, kind), ctx.setting(setting)
+    n = config.auroc_images
+    id_images, ood_images = data.id_test.images[:n], data.ood_test.images[:n]
+    record: dict[str, Any] = {
+        "record_id": teacher_record_id(config, setting, kind),
+        "setting": setting,
+        "kind": kind,
+        "teacher_config": teacher_config(config, setting, kind).model_dump(mode="json"),
+        "accuracy": evaluate_teacher(teacher, data),
+        "auroc": {},
+    }
+    normalization = config.guard.normalization
+    for name in config.auroc_scorers:
+        guard = Guard(GuardConfig(scorer=name, normalization=normalization), teacher)
+        record["auroc"][name] = auroc(_scores(guard, id_images), _scores(guard, ood_images))
+    histogram_guard = Guard(config.guard.model_copy(update={"enabled": True}), teacher)
+    record["guard_scores"] = {
+        "scorer": config.guard.scorer.name,
+        "real_id": _scores(histogram_guard, id_images).tolist(),
+        "real_ood": _scores(histogram_guard, ood_images).tolist(),
+    }
+    return record
+
+
+def _synthesizer(ctx: _Context, spec: RunSpec, teacher: ConvNet, student: ConvNet, guard: Guard) -> Any:
+    from dfkd_guard.adapters.cmi import CMISynthesizer
+    from dfkd_guard.adapters.deepinversion import DeepInversionSynthesizer
+    from dfkd_guard.adapters.vanilla import VanillaSynthesizer
+
+    c = ctx.config
+    if spec.adapter == "vanilla":
+        return VanillaSynthesizer(teacher, student, Generator(c.latent_dim, c.generator_width), c.latent_dim, guard, c.vanilla)
+    if spec.adapter == "deepinversion":
+        return DeepInversionSynthesizer(teacher, student, guard, c.deepinversion)
+    if spec.adapter == "cmi":
+        return CMISynthesizer(teacher, student, Generator(c.latent_dim, c.generator_width), c.latent_dim, guard, c.cmi)
+    raise ValueError(f"unknown adapter {spec.adapter!r}")
+
+
+def _execute(ctx: _Context, spec: RunSpec, stream: TextIO | None) -> dict[str, Any]:
+    """Train one run and return its record (not yet written)."""
+    from dfkd_guard.adapters.training import train
+
+    config = ctx.config
+    teacher = ctx.teacher(spec.setting, spec.teacher)
+    probe = ctx.probe(spec.setting, spec.teacher)
+    id_images, ood_images, clean_images, labels = ctx.test_data(spec.setting)
+    began = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        student = ConvNet(config.student_widths, teacher.num_classes)
+        recorder = _StepRecorder()
+        settings = run_config(config, spec)
+        guard = Guard(GuardConfig.model_validate(settings["guard"]), teacher, plugins=[recorder])
+        synthesizer = _synthesizer(ctx, spec, teacher, student, guard)
+        latest: dict[str, torch.Tensor] = {"images": torch.empty(0, 3, 32, 32)}
+        synthesize = synthesizer.synthesize
+
+        def recording_synthesize() -> Any:
+            result = synthesize()
+            latest["images"] = result.images
+            return result
+
+        synthesizer.synthesize = recording_synthesize
+        seen = {"steps": 0}
+
+        def evaluate() -> dict[str, float]:
+            metrics = prediction_metrics(
+                predict(student, id_images),
+                predict(student, ood_images),
+                labels,
+                predict(student, clean_images) if clean_images is not None else None,
+            )
+            recent = recorder.steps[seen["steps"] :]
+            seen["steps"] = len(recorder.steps)
+            metrics["flagged"] = sum(s.get("guard/forgotten", 0.0) for s in recent) / max(len(recent), 1)
+            images = latest["images"]
+            metrics["ood_share"] = probe.ood_share(images) if len(images) else math.nan
+            metrics["collapse"] = collapse_rate(predict(teacher, images), teacher.num_classes) if len(images) else math.nan
+            return metrics
+
+        optimizer = torch.optim.Adam(student.parameters(), lr=config.student_lr)
+        try:
+            result = train(
+                synthesizer,
+                optimizer,
+                config.iterations,
+                kd_steps=config.kd_steps,
+                evaluate=evaluate,
+                evaluate_every=config.eval_every,
+                progress=stream if stream is not None else False,
+                log_every=max(config.iterations // 10, 1),
+            )
+        finally:
+            synthesizer.close()
+        images = latest["images"]
+        histogram_guard = Guard(config.guard.model_copy(update={"enabled": True}), teacher)
+        synthetic_scores = _scores(histogram_guard, images).tolist() if len(images) else []
+    evaluations = [{k: _finite_or_none(v) for k, v in metrics.items()} for _, metrics in result.evaluations]
+    curves: dict[str, list[float | None]] = {"iteration": [float(i) for i, _ in result.evaluations]}
+    for name in sorted({k for e in evaluations for k in e}):
+        curves[name] = [e.get(name) for e in evaluations]
+    return {
+        "run_id": run_id(config, spec),
+        "spec": {"setting": spec.setting, "adapter": spec.adapter, "row": spec.row, "seed": spec.seed},
+        "teacher_kind": spec.teacher,
+        "guarded": spec.guarded,
+        "config": settings,
+        "curves": curves,
+        "final": final_metrics(evaluations),
+        "seconds_per_iteration": _finite_or_none(result.seconds_per_iteration),
+        "skipped_synthesis": result.skipped,
+        "probe_train_accuracy": probe.train_accuracy,
+        "synthetic_scores": {"scorer": config.guard.scorer.name, "values": synthetic_scores},
+        "wall_seconds": time.perf_counter() - began,
+        "machine": reporting.machine_line(),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_bench(
+    config: BenchConfig,
+    out: Path | None = None,
+    *,
+    progress: bool = True,
+    train_progress: bool = False,
+) -> BenchSummary:
+    """Run every run of ``config`` not already stored under ``out`` (default ``config.output_dir``).
+
+    Teacher records (accuracy, scorer AUROCs) are computed for every teacher
+    the runs use and stored once. Finished runs are never retrained.
+
+    :param progress: one line per run (and per teacher) on standard error.
+    :param train_progress: also the training loop's progress lines.
+    :returns: the ids of the runs trained now and of the runs skipped.
+    """
+    out = Path(out or config.output_dir)
+    preflight(config)
+
+    def say(message: str) -> None:
+        if progress:
+            reporting.progress("bench", message)
+
+    began = time.perf_counter()
+    ctx = _Context(config, out, say)
+    summary = BenchSummary()
+    teachers = sorted({(spec.setting, spec.teacher) for spec in enumerate_runs(config)})
+    teachers += sorted({(s, ntl_kind(s)) for s in config.settings} - set(teachers))
+    for setting, kind in teachers:
+        path = teacher_record_path(config, setting, kind, out)
+        if not path.exists():
+            write_json_atomic(_teacher_record(ctx, setting, kind), path)
+            say(f"teacher record {path.name} written")
+    specs = enumerate_runs(config)
+    stream = sys.stderr if train_progress else None
+    for number, spec in enumerate(specs, start=1):
+        path = run_path(config, spec, out)
+        if path.exists():
+            summary.skipped.append(path.stem)
+            say(f"[{number}/{len(specs)}] {spec.label()}: finished before, skipped")
+            continue
+        record = _execute(ctx, spec, stream)
+        write_json_atomic(record, path)
+        summary.ran.append(path.stem)
+        iacc = record["final"].get("iacc")
+        say(
+            f"[{number}/{len(specs)}] {spec.label()}: IAcc {iacc if iacc is None else f'{iacc:.3f}'}, "
+            f"{record['wall_seconds']:.1f} s"
+        )
+    summary.seconds = time.perf_counter() - began
+    return summary
