@@ -98,6 +98,8 @@ class Synthesizer(ABC):
         self.device = torch.device(device)
         self.num_classes = self._check_models()
         self.skipped = 0
+        #: The latest :meth:`synthesize` result, recorded by the training driver.
+        self.last_synthesis: SynthesisResult | None = None
 
     def _check_models(self) -> int:
         probe = torch.zeros(2, *self.image_shape, device=self.device)

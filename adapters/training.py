@@ -88,7 +88,7 @@ def train(
     busy = 0.0  # seconds spent in iterations, without evaluation and checkpoint writes
     for step in range(start, iterations):
         began = time.perf_counter()
-        synthesis = synthesizer.synthesize()
+        synthesis = synthesizer.last_synthesis = synthesizer.synthesize()
         sums: dict[str, float] = {}
         for _ in range(kd_steps):
             for key, value in student_step(synthesizer.student, optimizer, synthesizer.sample(), synthesizer.guard).items():

@@ -438,16 +438,11 @@ def _execute(ctx: _Context, spec: RunSpec, stream: TextIO | None) -> dict[str, A
         settings = run_config(config, spec)
         guard = Guard(GuardConfig.model_validate(settings["guard"]), teacher, plugins=[recorder])
         synthesizer = _synthesizer(ctx, spec, teacher, student, guard)
-        latest: dict[str, torch.Tensor] = {"images": torch.empty(0, 3, 32, 32)}
-        synthesize = synthesizer.synthesize
-
-        def recording_synthesize() -> Any:
-            result = synthesize()
-            latest["images"] = result.images
-            return result
-
-        synthesizer.synthesize = recording_synthesize
         seen = {"steps": 0}
+
+        def latest_images() -> torch.Tensor:
+            last = synthesizer.last_synthesis
+            return last.images if last is not None else torch.empty(0, 3, 32, 32)
 
         def evaluate() -> dict[str, float]:
             metrics = prediction_metrics(
@@ -459,7 +454,7 @@ def _execute(ctx: _Context, spec: RunSpec, stream: TextIO | None) -> dict[str, A
             recent = recorder.steps[seen["steps"] :]
             seen["steps"] = len(recorder.steps)
             metrics["flagged"] = sum(s.get("guard/forgotten", 0.0) for s in recent) / max(len(recent), 1)
-            images = latest["images"]
+            images = latest_images()
             metrics["ood_share"] = probe.ood_share(images) if len(images) else math.nan
             metrics["collapse"] = collapse_rate(predict(teacher, images), teacher.num_classes) if len(images) else math.nan
             return metrics
@@ -478,7 +473,7 @@ def _execute(ctx: _Context, spec: RunSpec, stream: TextIO | None) -> dict[str, A
             )
         finally:
             synthesizer.close()
-        images = latest["images"]
+        images = latest_images()
         histogram_guard = Guard(config.guard.model_copy(update={"enabled": True}), teacher)
         synthetic_scores = _scores(histogram_guard, images).tolist() if len(images) else []
     evaluations = [{k: _finite_or_none(v) for k, v in metrics.items()} for _, metrics in result.evaluations]

@@ -82,6 +82,7 @@ def test_hooks_are_called_where_they_should_be(teacher, adapter) -> None:
     assert len(result.history) == 3
     assert all(torch.isfinite(torch.tensor(h["loss/student"])) for h in result.history)
     assert 0.0 < result.history[-1]["guard/forgotten"] < 1.0  # the split really splits
+    assert synthesizer.last_synthesis is not None and synthesizer.last_synthesis.images.shape[1:] == (3, 32, 32)
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
