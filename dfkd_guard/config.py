@@ -148,18 +148,20 @@ class GuardConfig(FileConfig):
             _resolve(choice, "penalty", f"penalties[{i}]", components, weight=choice.weight)
             for i, choice in enumerate(self.penalties)
         )
-        if getattr(weighting.params, "rule", None) == "flip" and scorer.name in _UNSIGNED_BUILTIN_SCORERS:
-            if not (scorer.name == "atesc" and getattr(scorer.params, "measure", None) == "margin"):
-                raise ConfigError(
-                    "weighting.params.rule",
-                    "rule 'flip' needs a signed-margin score (positive = prediction survives the attack); "
-                    "use scorer 'atesc' with params.measure = 'margin'",
-                )
+        signed_margin = scorer.name == "atesc" and getattr(scorer.params, "measure", None) == "margin"
+        flip_rule = getattr(weighting.params, "rule", None) == "flip"
+        if flip_rule and scorer.name in _BUILTIN_SCORERS and not signed_margin:
+            raise ConfigError(
+                "weighting.params.rule",
+                "rule 'flip' needs a signed-margin score (positive = prediction survives the attack); "
+                "use scorer 'atesc' with params.measure = 'margin'",
+            )
         return ResolvedConfig(scorer=scorer, weighting=weighting, penalties=penalties)
 
 
-# Built-in scorers whose scores are not signed adversarial margins (see resolve()).
-_UNSIGNED_BUILTIN_SCORERS = frozenset({"atesc", "msp", "energy", "entropy", "odin", "bn_deviation"})
+# Built-in scorers: of these only atesc with measure="margin" gives signed margins (see resolve()).
+# A third-party scorer may follow the signed-margin convention; its docs say so.
+_BUILTIN_SCORERS = frozenset({"atesc", "msp", "energy", "entropy", "odin", "bn_deviation"})
 
 
 @dataclass(frozen=True)
