@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dfkd_guard import Guard, SampleWeights
+from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
 
 __all__ = ["SynthesisResult", "StudentBatch", "Synthesizer", "student_step"]
 
@@ -100,6 +101,8 @@ class Synthesizer(ABC):
         self.skipped = 0
         #: The latest :meth:`synthesize` result, recorded by the training driver.
         self.last_synthesis: SynthesisResult | None = None
+        #: BN-statistics hooks of adapters that match the teacher's BN prior (targets from the guard).
+        self.bn_statistics: BatchNormStatistics | None = None
 
     def _check_models(self) -> int:
         probe = torch.zeros(2, *self.image_shape, device=self.device)
@@ -129,12 +132,18 @@ class Synthesizer(ABC):
             )
 
     def student_batch(self, images: torch.Tensor, scores: torch.Tensor | None = None) -> StudentBatch:
-        """Teacher logits, scores (computed unless given) and weights for ``images``."""
+        """Teacher logits, scores (computed unless given) and weights for ``images``.
+
+        The teacher forward fires the BN hooks; their inputs go to the guard's
+        BN prior with the scores (:meth:`Guard.observe_bn`).
+        """
         images = images.detach()
         with torch.no_grad():
             logits = self.teacher(images)
         if scores is None:
             scores = self.score(images, logits)
+        if self.bn_statistics is not None and self.guard.enabled:
+            self.guard.observe_bn(self.bn_statistics.recorded_inputs(), scores, logits)
         return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
 
     def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,9 +2,12 @@
 
 A :class:`BatchNormStatistics` registers a forward hook on every BatchNorm
 layer of the teacher. After each teacher forward, :attr:`loss` is the sum over
-layers of ``||mu_batch - running_mean||_2 + ||var_batch - running_var||_2``,
+layers of ``||mu_batch - mean_target||_2 + ||var_batch - var_target||_2``,
 where ``mu_batch`` and ``var_batch`` are the per-channel mean and (biased)
 variance of that layer's input over the batch and spatial positions. The
+targets are the layer's running statistics, or what a
+:class:`~dfkd_guard.bn_prior.BNTargets` gives (the guard's de-mixed prior,
+:attr:`dfkd_guard.Guard.bn_prior`, or fixed moments). The
 hooks keep only the values of the last forward; the guard's own teacher
 forwards never fire them (see :func:`dfkd_guard.teacher_state.quiet_teacher`).
 """
@@ -14,30 +17,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dfkd_guard.bn_prior import BNTargets, batchnorm_layers
+
 __all__ = ["BatchNormStatistics", "batchnorm_layers"]
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The model's BatchNorm layers that track running statistics, in module order."""
-    return [
-        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
 
 
 class BatchNormStatistics:
     """Forward hooks that measure how far a batch is from the teacher's BN statistics.
 
     :param teacher: a network with BatchNorm layers.
+    :param targets: where the per-layer target moments come from; None = the
+        running statistics. Settable later (e.g. an oracle in a benchmark).
     :raises ValueError: the teacher has no BatchNorm layer with running statistics.
     """
 
-    def __init__(self, teacher: nn.Module) -> None:
+    def __init__(self, teacher: nn.Module, targets: BNTargets | None = None) -> None:
         self.layers = batchnorm_layers(teacher)
         if not self.layers:
             raise ValueError(
                 f"the teacher ({type(teacher).__name__}) has no BatchNorm layer with running statistics; "
                 "BN-statistics matching needs them (set the BN loss weight to 0 to run without)"
             )
+        self.targets = targets
         self.inputs: list[torch.Tensor | None] = [None] * len(self.layers)
         self._handles = [layer.register_forward_hook(self._recorder(i)) for i, layer in enumerate(self.layers)]
 
@@ -47,18 +48,27 @@ class BatchNormStatistics:
 
         return record
 
+    def recorded_inputs(self) -> list[torch.Tensor]:
+        """Each layer's input in the last teacher forward, float (B, C, H, W).
+
+        :raises RuntimeError: no forward was recorded yet.
+        """
+        if any(x is None for x in self.inputs):
+            raise RuntimeError("BatchNormStatistics read before any teacher forward")
+        return list(self.inputs)  # type: ignore[arg-type]
+
     def layer_losses(self) -> list[torch.Tensor]:
-        """Per layer ``||mu - running_mean||_2 + ||var - running_var||_2`` of the last forward."""
+        """Per layer ``||mu - mean_target||_2 + ||var - var_target||_2`` of the last forward."""
         losses = []
-        for layer, x in zip(self.layers, self.inputs):
-            if x is None:
-                raise RuntimeError("BatchNormStatistics.loss read before any teacher forward")
+        for index, (layer, x) in enumerate(zip(self.layers, self.recorded_inputs())):
             dims = [0, *range(2, x.ndim)]
             mean = x.mean(dim=dims)
             var = x.var(dim=dims, unbiased=False)
-            losses.append(
-                torch.norm(mean - layer.running_mean, 2) + torch.norm(var - layer.running_var, 2)  # type: ignore[operator]
-            )
+            if self.targets is None:
+                mean_target, var_target = layer.running_mean, layer.running_var
+            else:
+                mean_target, var_target = self.targets.target(index, layer)
+            losses.append(torch.norm(mean - mean_target, 2) + torch.norm(var - var_target, 2))  # type: ignore[operator]
         return losses
 
     @property

@@ -225,7 +225,7 @@ class CMISynthesizer(Synthesizer):
         self.generator = generator.to(self.device)
         self.latent_dim = latent_dim
         self.initial_generator = _clone_state(self.generator.state_dict())
-        self.bn_statistics = BatchNormStatistics(self.teacher)
+        self.bn_statistics = BatchNormStatistics(self.teacher, self.guard.bn_prior)
         was_training = self.generator.training
         self.generator.eval()
         with torch.no_grad():

@@ -103,7 +103,7 @@ class DeepInversionSynthesizer(Synthesizer):
     ) -> None:
         super().__init__(teacher, student, guard, image_shape, device)
         self.config = config or DeepInversionConfig()
-        self.bn_statistics = BatchNormStatistics(self.teacher) if self.config.bn > 0 else None
+        self.bn_statistics = BatchNormStatistics(self.teacher, self.guard.bn_prior) if self.config.bn > 0 else None
         self.pool = ImagePool(self.config.pool_size)
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:

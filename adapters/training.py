@@ -3,7 +3,7 @@
 Each iteration calls ``synthesizer.synthesize()`` once, then runs
 ``kd_steps`` student steps on ``synthesizer.sample()`` batches, steps the
 scheduler, and reports the iteration's metrics to the guard's observers.
-Every ``checkpoint_every`` iterations the whole state (synthesizer, student,
+Every ``checkpoint_every`` iterations the whole state (synthesizer, guard, student,
 optimiser, scheduler, RNG states, history, step counter) is written
 atomically; a run started with an existing checkpoint resumes from it and
 ends with the same student as an uninterrupted run (CPU, same seed).
@@ -26,7 +26,7 @@ from dfkd_guard.adapters.checkpoint import load_checkpoint, rng_state, save_atom
 
 __all__ = ["TrainResult", "train"]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass
@@ -134,6 +134,7 @@ def _state(
         "format": CHECKPOINT_FORMAT,
         "iteration": done,
         "synthesizer": synthesizer.state_dict(),
+        "guard": synthesizer.guard.state_dict(),
         "student": synthesizer.student.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -154,6 +155,7 @@ def _restore(
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
     synthesizer.load_state_dict(state["synthesizer"])
+    synthesizer.guard.load_state_dict(state["guard"])
     synthesizer.student.load_state_dict(state["student"])
     optimizer.load_state_dict(state["optimizer"])
     if (scheduler is None) != (state["scheduler"] is None):

@@ -95,7 +95,7 @@ class VanillaSynthesizer(Synthesizer):
         self.generator = generator.to(self.device)
         self.latent_dim = latent_dim
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.config.generator_lr, betas=(0.5, 0.999))
-        self.bn_statistics = BatchNormStatistics(self.teacher) if self.config.bn > 0 else None
+        self.bn_statistics = BatchNormStatistics(self.teacher, self.guard.bn_prior) if self.config.bn > 0 else None
         self._features: torch.Tensor | None = None
         self._feature_hook = (
             _last_linear(self.teacher).register_forward_pre_hook(self._keep_features) if self.config.act > 0 else None

@@ -1,11 +1,11 @@
 """Validated configuration of a :class:`~dfkd_guard.guard.Guard`.
 
 A config names one scorer, one weighting and any number of generator
-penalties, each with its own parameters, plus the forgetting term and the KD
-temperature. Component names and their parameters are checked against the
-plugins actually registered when the guard is built
-(:meth:`GuardConfig.resolve`), so a misspelt name or an out-of-range
-parameter is a :class:`~dfkd_guard.errors.ConfigError` naming the field.
+penalties, each with its own parameters, plus the forgetting term, the KD
+temperature and the BN-prior de-mixing (:mod:`dfkd_guard.bn_prior`).
+Component names and their parameters are checked against the plugins
+actually registered when the guard is built (:meth:`GuardConfig.resolve`),
+so a misspelt name or an out-of-range parameter is a :class:`~dfkd_guard.errors.ConfigError` naming the field.
 
 In TOML::
 
@@ -26,6 +26,10 @@ In TOML::
     [[penalties]]
     name = "confidence"
     weight = 0.1
+
+    [bn_prior]
+    demix = true
+    warmup_batches = 100
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dfkd_guard.bn_prior import BNPriorConfig
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.normalization import Normalization
 
@@ -132,6 +137,9 @@ class GuardConfig(FileConfig):
     penalties: tuple[PenaltyChoice, ...] = Field(default=(), description="generator penalties, summed")
     forget: ForgetConfig = Field(default_factory=ForgetConfig, description="forgetting term")
     kd_temperature: float = Field(default=1.0, gt=0.0, description="tau of KL(T/tau || S/tau) * tau^2")
+    bn_prior: BNPriorConfig = Field(
+        default_factory=BNPriorConfig, description="BN-prior de-mixing and calibration (adapters that match BN statistics)"
+    )
     normalization: Normalization = Field(
         default_factory=Normalization, description="how [0,1] pixels are normalised for the teacher"
     )

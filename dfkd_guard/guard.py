@@ -8,6 +8,12 @@ A guard is bound to one teacher. In a DFKD loop it answers four questions::
     loss = guard.student_loss(student_logits, teacher_logits, weights)
     g_loss = g_loss + guard.generator_penalty(images, teacher_logits_with_grad)
 
+Adapters that match the teacher's BatchNorm statistics also hand the guard
+the BN-layer inputs of each scored batch (:meth:`Guard.observe_bn`) and take
+their BN targets from :attr:`Guard.bn_prior` (:mod:`dfkd_guard.bn_prior`):
+this de-mixes an NTL teacher's BN prior and calibrates the guard, which
+forgets nothing until the warm-up has judged the teacher NTL-like.
+
 Images passed to a guard are in the teacher's input units (already normalised
 the way the teacher was trained); ``config.normalization`` tells the guard
 how those units relate to [0, 1] pixels.
@@ -15,13 +21,14 @@ how those units relate to [0, 1] pixels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from dfkd_guard.bn_prior import BNPrior, batchnorm_layers
 from dfkd_guard.config import GuardConfig
 from dfkd_guard.errors import PluginError
 from dfkd_guard.losses import student_loss
@@ -79,6 +86,12 @@ class Guard:
         self.teacher = teacher
         self.registry = PluginRegistry(plugins, load_entrypoints=load_entrypoints)
         self.resolved = config.resolve(self.registry.component_map())
+        layers = batchnorm_layers(teacher)
+        #: BN-prior estimate and corrected targets; None when disabled or the teacher has no BatchNorm.
+        self.bn_prior: BNPrior | None = (
+            BNPrior(config.bn_prior, layers) if config.enabled and config.bn_prior.demix and layers else None
+        )
+        self._bn_observed = False
 
     def __repr__(self) -> str:
         c = self.resolved
@@ -86,7 +99,8 @@ class Guard:
         return (
             f"Guard(enabled={self.config.enabled}, scorer={c.scorer.name}({_params(c.scorer.params)}), "
             f"weighting={c.weighting.name}({_params(c.weighting.params)}), penalties=[{penalties}], "
-            f"forget={self.config.forget.kind}*{self.config.forget.weight:g}, tau={self.config.kd_temperature:g})"
+            f"forget={self.config.forget.kind}*{self.config.forget.weight:g}, tau={self.config.kd_temperature:g}, "
+            f"bn_prior={self.bn_prior.verdict if self.bn_prior is not None else 'off'})"
         )
 
     @property
@@ -141,11 +155,30 @@ class Guard:
     # -- weighting ---------------------------------------------------------
 
     def sample_weights(self, scores: torch.Tensor, logits: torch.Tensor) -> SampleWeights:
-        """KD weights and forget mask for a scored batch.
+        """KD weights and forget mask for a scored batch, as the student should use them.
+
+        The configured weighting's split (:meth:`split`), except under
+        calibration: once an adapter has fed BN inputs (:meth:`observe_bn`),
+        every sample is kept until the BN prior has judged the teacher
+        NTL-like, and always for an ordinary teacher.
 
         :param scores: float (B,) from :meth:`score` (or stored with a pooled image).
         :param logits: the teacher's (B, K) logits on the batch.
         :returns: :class:`SampleWeights`; every sample kept when the guard is disabled.
+        """
+        weights = self.split(scores, logits)
+        if self._bn_observed and self.bn_prior is not None and not self.bn_prior.correcting:
+            weights = SampleWeights.keep_all(scores.shape[0], scores.device)
+        if self.enabled:
+            self.registry.notify("dfkd_guard_batch_weighted", weighting=self.resolved.weighting.name, scores=scores, weights=weights)
+        return weights
+
+    def split(self, scores: torch.Tensor, logits: torch.Tensor) -> SampleWeights:
+        """The configured weighting's KD weights and forget mask, without calibration.
+
+        :param scores: float (B,) OOD scores.
+        :param logits: the teacher's (B, K) logits on the batch.
+        :raises PluginError: the weighting raised or broke the contract.
         """
         if not isinstance(scores, torch.Tensor) or scores.ndim != 1:
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
@@ -164,8 +197,38 @@ class Guard:
         problem = weights.problems(batch)
         if problem:
             raise PluginError(plugin, "dfkd_guard_sample_weights", problem)
-        self.registry.notify("dfkd_guard_batch_weighted", weighting=name, scores=scores, weights=weights)
         return weights
+
+    # -- BN prior ----------------------------------------------------------
+
+    def observe_bn(self, inputs: Sequence[torch.Tensor], scores: torch.Tensor, logits: torch.Tensor) -> None:
+        """Feed the BN prior one scored batch: its BN-layer inputs and the guard's split.
+
+        Samples with a split KD weight below 0.5 count as OOD-like. A no-op
+        when de-mixing is off or the warm-up is over (no extra forward either way).
+
+        :param inputs: per BN layer of the teacher (module order), the layer's
+            input on the batch, float (B, C, ...), as the adapter's BN hooks recorded it.
+        :param scores: float (B,) the batch's OOD scores.
+        :param logits: the teacher's (B, K) logits on the batch.
+        """
+        if self.bn_prior is None:
+            return
+        self._bn_observed = True
+        if self.bn_prior.observing:
+            self.bn_prior.observe(inputs, self.split(scores, logits).kd < 0.5)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The guard's run state (the BN prior's estimate), plain tensors and data."""
+        return {"bn_observed": self._bn_observed, "bn_prior": self.bn_prior.state_dict() if self.bn_prior is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if (state["bn_prior"] is None) != (self.bn_prior is None):
+            raise ValueError("guard state was saved with a different bn_prior setting")
+        self._bn_observed = bool(state["bn_observed"])
+        if self.bn_prior is not None:
+            self.bn_prior.load_state_dict(state["bn_prior"])
 
     # -- losses ------------------------------------------------------------
 

@@ -48,10 +48,16 @@ __all__ = ["ADAPTERS", "ROWS", "ROW_LABELS", "AdapterName", "BenchConfig", "RowN
 AdapterName = Literal["vanilla", "deepinversion", "cmi"]
 ADAPTERS: tuple[str, ...] = get_args(AdapterName)
 
-RowName = Literal["sl", "ntl", "ntl_guard", "sl_guard"]
+RowName = Literal["sl", "ntl", "ntl_guard", "sl_guard", "ntl_oracle"]
 ROWS: tuple[str, ...] = get_args(RowName)
 #: How the report names each teacher row.
-ROW_LABELS: dict[str, str] = {"sl": "SL", "ntl": "NTL", "ntl_guard": "NTL + guard", "sl_guard": "SL + guard"}
+ROW_LABELS: dict[str, str] = {
+    "sl": "SL",
+    "ntl": "NTL",
+    "ntl_guard": "NTL + guard",
+    "sl_guard": "SL + guard",
+    "ntl_oracle": "NTL + oracle BN (not data-free)",
+}
 
 #: The built-in scorers whose AUROC the report tabulates by default.
 BUILTIN_SCORERS: tuple[str, ...] = ("atesc", "msp", "energy", "entropy", "odin", "bn_deviation")

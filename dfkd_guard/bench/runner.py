@@ -49,6 +49,7 @@ from typing import Any, TextIO
 import torch
 
 from dfkd_guard import Guard, GuardConfig
+from dfkd_guard.bn_prior import FixedBNTargets
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.hookspecs import hookimpl
 from dfkd_guard.metrics import auroc
@@ -83,7 +84,7 @@ __all__ = [
     "teacher_record_path",
 ]
 
-CODE_VERSION = "dfkd_guard.bench.runner/1"
+CODE_VERSION = "dfkd_guard.bench.runner/2"
 """Part of every run id: bump it whenever the run code changes its results."""
 #: Evaluations averaged into a run's final metrics (IAcc is the mean of the last 3).
 FINAL_WINDOW = 3
@@ -333,6 +334,7 @@ class _Context:
         self._settings: dict[str, Setting] = {}
         self._teachers: dict[tuple[str, str], ConvNet] = {}
         self._probes: dict[tuple[str, str], OodProbe] = {}
+        self._oracles: dict[tuple[str, str], FixedBNTargets] = {}
         self._test: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, EvalLabels]] = {}
 
     def setting(self, name: str) -> Setting:
@@ -350,6 +352,14 @@ class _Context:
             self._teachers[key] = model
             self.say(f"teacher {kind} on {setting} ready ({time.perf_counter() - began:.1f} s)")
         return self._teachers[key]
+
+    def oracle_targets(self, setting: str, kind: str) -> FixedBNTargets:
+        """BN targets measured on real ID train images (the oracle row; not data-free)."""
+        key = (setting, kind)
+        if key not in self._oracles:
+            images = self.setting(setting).id_train.images[: self.config.probe_images]
+            self._oracles[key] = FixedBNTargets.measure(self.teacher(setting, kind), images)
+        return self._oracles[key]
 
     def probe(self, setting: str, kind: str) -> OodProbe:
         key = (setting, kind)
@@ -438,6 +448,10 @@ def _execute(ctx: _Context, spec: RunSpec, stream: TextIO | None) -> dict[str, A
         settings = run_config(config, spec)
         guard = Guard(GuardConfig.model_validate(settings["guard"]), teacher, plugins=[recorder])
         synthesizer = _synthesizer(ctx, spec, teacher, student, guard)
+        if spec.row == "ntl_oracle":
+            if synthesizer.bn_statistics is None:
+                raise ConfigError(f"{spec.adapter}.bn", "the oracle row replaces BN targets; it needs a BN weight > 0")
+            synthesizer.bn_statistics.targets = ctx.oracle_targets(spec.setting, spec.teacher)
         seen = {"steps": 0}
 
         def latest_images() -> torch.Tensor:
@@ -490,6 +504,9 @@ def _execute(ctx: _Context, spec: RunSpec, stream: TextIO | None) -> dict[str, A
         "final": final_metrics(evaluations),
         "seconds_per_iteration": _finite_or_none(result.seconds_per_iteration),
         "skipped_synthesis": result.skipped,
+        "bn_prior": (
+            {"verdict": guard.bn_prior.verdict, "weights": guard.bn_prior.weights} if guard.bn_prior is not None else None
+        ),
         "probe_train_accuracy": probe.train_accuracy,
         "synthetic_scores": {"scorer": config.guard.scorer.name, "values": synthetic_scores},
         "wall_seconds": time.perf_counter() - began,

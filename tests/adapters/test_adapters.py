@@ -56,7 +56,10 @@ class Spy:
 
 def spy_guard(teacher: nn.Module, enabled: bool = True) -> tuple[Guard, Spy]:
     spy = Spy()
-    config = GuardConfig(enabled=enabled, scorer="spy", penalties=[{"name": "spy", "weight": 0.1}])
+    # de-mixing off: its calibration would keep every sample until its warm-up ends
+    config = GuardConfig(
+        enabled=enabled, scorer="spy", penalties=[{"name": "spy", "weight": 0.1}], bn_prior={"demix": False}
+    )
     return Guard(config, teacher, plugins=[spy], load_entrypoints=False), spy
 
 

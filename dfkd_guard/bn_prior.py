@@ -1,0 +1,274 @@
+"""BN-prior de-mixing: the BatchNorm statistics a guarded adapter matches.
+
+DFKD methods that match the teacher's BatchNorm running statistics
+(DeepInversion, CMI, DFQ) take them as the statistics of the teacher's
+training data. A non-transferable (NTL) teacher was trained on ID *and* OOD
+batches, so, per BN layer, its running moments are a mixture (DESIGN 7.1)::
+
+    running_mean              = a * mu_id  + (1 - a) * mu_ood
+    running_var + running_mean**2 = a * m2_id + (1 - a) * m2_ood
+
+with ``a`` near 0.5, and matching them pulls synthesis toward producing OOD
+samples. :class:`BNPrior` removes the OOD component without real data:
+
+1. *Observe* (:meth:`BNPrior.observe`): on the first ``warmup_batches``
+   scored synthetic batches it keeps an exponential moving average of the
+   per-channel mean and second moment of each BN layer's input over the
+   guard's OOD-like samples and over its ID-like samples, separately.
+2. *Fit* (once, at the end of the warm-up): per layer, the least-squares
+   ``a = <r - mu_ood, mu_id - mu_ood> / ||mu_id - mu_ood||^2`` with ``r`` the
+   running mean, clipped to ``[min_weight, 1]``. The OOD moments are then
+   frozen, so the correction cannot drift back to the mixture once the
+   generator has left the OOD region.
+3. *Calibrate*: if ``a >= ordinary_above`` on every layer, the BN prior holds
+   no second domain; the teacher is taken as ordinary, the correction stays
+   off and the guard stops forgetting (:attr:`BNPrior.verdict` says so, and
+   the ``dfkd_guard`` logger logs it). Otherwise the teacher is NTL-like.
+4. *Correct* (:meth:`BNPrior.target`): an NTL-like teacher's targets become::
+
+       mean = (running_mean - (1 - a) * mu_ood) / a
+       var  = (running_var + running_mean**2 - (1 - a) * m2_ood) / a - mean**2
+
+   (variance floored at ``var_floor * running_var``). Before the verdict and
+   for an ordinary teacher the targets are the running statistics.
+
+Everything here needs only teacher forwards the adapter already makes: the
+BN-layer inputs of the batches the guard scored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+__all__ = ["BNPrior", "BNPriorConfig", "BNTargets", "FixedBNTargets", "Verdict", "batchnorm_layers", "layer_moments"]
+
+logger = logging.getLogger("dfkd_guard")
+
+BatchNorm = nn.modules.batchnorm._BatchNorm
+Verdict = Literal["warming up", "ntl-like", "ordinary"]
+
+
+def batchnorm_layers(model: nn.Module) -> list[BatchNorm]:
+    """The model's BatchNorm layers that track running statistics, in module order."""
+    return [m for m in model.modules() if isinstance(m, BatchNorm) and m.track_running_stats]
+
+
+def layer_moments(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel first and second moments of a BN layer's input.
+
+    :param inputs: float (B, C, ...) the layer's input (any spatial dims).
+    :returns: ``(mean, second_moment)``, each float (B, C), detached.
+    """
+    x = inputs.detach().float().flatten(2) if inputs.ndim > 2 else inputs.detach().float().unsqueeze(2)
+    return x.mean(dim=2), (x * x).mean(dim=2)
+
+
+class BNTargets(Protocol):
+    """Where :class:`~dfkd_guard.adapters.bn_statistics.BatchNormStatistics` takes its targets from."""
+
+    def target(self, index: int, layer: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel target ``(mean, var)`` for the ``index``-th BN layer (C,) each."""
+        ...
+
+
+class FixedBNTargets:
+    """Fixed per-layer targets, e.g. moments measured on real data (an oracle, not data-free).
+
+    :param moments: per BN layer ``(mean, var)``, each float (C,).
+    """
+
+    def __init__(self, moments: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.moments = [(m.detach().clone(), v.detach().clone()) for m, v in moments]
+
+    @classmethod
+    def measure(cls, teacher: nn.Module, images: torch.Tensor, batch_size: int = 500) -> FixedBNTargets:
+        """Per-channel mean and (biased) variance of every BN layer's input on ``images``.
+
+        :param teacher: the network (put in eval mode for the measurement; mode restored).
+        :param images: float (N, C, H, W) in the teacher's input units.
+        """
+        layers = batchnorm_layers(teacher)
+        sums = [[0.0, 0.0] for _ in layers]
+        count = 0
+        current: list[torch.Tensor | None] = [None] * len(layers)
+
+        def recorder(i: int):  # noqa: ANN202 - a hook closure
+            def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+                current[i] = inputs[0]
+
+            return record
+
+        handles = [layer.register_forward_hook(recorder(i)) for i, layer in enumerate(layers)]
+        was_training = teacher.training
+        teacher.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(images), batch_size):
+                    chunk = images[start : start + batch_size]
+                    teacher(chunk)
+                    for i, x in enumerate(current):
+                        mean, second = layer_moments(x)  # type: ignore[arg-type]
+                        sums[i][0] = sums[i][0] + mean.sum(dim=0)
+                        sums[i][1] = sums[i][1] + second.sum(dim=0)
+                    count += len(chunk)
+        finally:
+            for handle in handles:
+                handle.remove()
+            teacher.train(was_training)
+        moments = []
+        for first, second in sums:
+            mean = first / count
+            moments.append((mean, (second / count - mean * mean).clamp_min(0.0)))
+        return cls(moments)
+
+    def target(self, index: int, layer: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, var = self.moments[index]
+        return mean.to(layer.running_mean), var.to(layer.running_var)  # type: ignore[arg-type]
+
+
+class BNPriorConfig(BaseModel):
+    """How the guard estimates and corrects the teacher's BN prior."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    demix: bool = Field(default=True, description="estimate and remove the OOD component of the BN prior (and calibrate)")
+    warmup_batches: int = Field(default=100, ge=1, description="scored synthetic batches observed before a is fitted and frozen")
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="EMA momentum of the observed moments (weight of the old value)")
+    min_weight: float = Field(default=0.05, gt=0.0, le=1.0, description="lower clip of the fitted mixture weight a")
+    ordinary_above: float = Field(default=0.9, gt=0.0, le=1.0, description="a at or above this on every layer: ordinary teacher, no correction")
+    var_floor: float = Field(default=0.01, gt=0.0, le=1.0, description="corrected variance >= var_floor * running_var")
+
+
+class _GroupMoments:
+    """EMA of the per-channel mean and second moment of one sample group in one layer."""
+
+    def __init__(self) -> None:
+        self.mean: torch.Tensor | None = None
+        self.second: torch.Tensor | None = None
+
+    def update(self, mean: torch.Tensor, second: torch.Tensor, momentum: float) -> None:
+        if self.mean is None or self.second is None:
+            self.mean, self.second = mean.clone(), second.clone()
+        else:
+            self.mean.mul_(momentum).add_(mean, alpha=1 - momentum)
+            self.second.mul_(momentum).add_(second, alpha=1 - momentum)
+
+
+class BNPrior:
+    """Per-teacher estimate of the BN prior's OOD component, and the corrected BN targets.
+
+    :param config: see :class:`BNPriorConfig`.
+    :param layers: the teacher's BN layers (:func:`batchnorm_layers`), in the
+        order the adapters' BN hooks use.
+    """
+
+    def __init__(self, config: BNPriorConfig, layers: Sequence[BatchNorm]) -> None:
+        self.config = config
+        self.layers = list(layers)
+        self.observed = 0
+        self._id = [_GroupMoments() for _ in self.layers]
+        self._ood = [_GroupMoments() for _ in self.layers]
+        #: Fitted mixture weight per layer, once the warm-up ended.
+        self.weights: list[float] | None = None
+        self.verdict: Verdict = "warming up"
+
+    @property
+    def correcting(self) -> bool:
+        """True once the teacher was judged NTL-like: :meth:`target` returns corrected moments."""
+        return self.verdict == "ntl-like"
+
+    @property
+    def observing(self) -> bool:
+        """True while the warm-up still wants batches."""
+        return self.config.demix and self.verdict == "warming up" and bool(self.layers)
+
+    def observe(self, inputs: Sequence[torch.Tensor], ood_like: torch.Tensor) -> None:
+        """Add one scored batch to the warm-up estimate.
+
+        :param inputs: per BN layer, that layer's input on the batch, float (B, C, ...).
+        :param ood_like: bool (B,): the guard's split, True = OOD-like.
+        :raises ValueError: the number of layers or the batch size does not match.
+        """
+        if not self.observing:
+            return
+        if len(inputs) != len(self.layers):
+            raise ValueError(f"got inputs of {len(inputs)} BN layers, the teacher has {len(self.layers)}")
+        ood_like = ood_like.bool()
+        if ood_like.all() or not ood_like.any():
+            return  # one group is empty: nothing to separate in this batch
+        for x, id_group, ood_group in zip(inputs, self._id, self._ood):
+            if x.shape[0] != ood_like.shape[0]:
+                raise ValueError(f"BN input has batch {x.shape[0]}, the split {ood_like.shape[0]}")
+            mean, second = layer_moments(x)
+            mask = ood_like.to(mean.device)
+            ood_group.update(mean[mask].mean(0), second[mask].mean(0), self.config.momentum)
+            id_group.update(mean[~mask].mean(0), second[~mask].mean(0), self.config.momentum)
+        self.observed += 1
+        if self.observed >= self.config.warmup_batches:
+            self._decide()
+
+    def _decide(self) -> None:
+        self.weights = [self._fit(layer, i) for i, layer in enumerate(self.layers)]
+        rounded = ", ".join(f"{a:.2f}" for a in self.weights)
+        if min(self.weights) >= self.config.ordinary_above:
+            self.verdict = "ordinary"
+            logger.info("BN prior: mixture weights %s >= %.2f on every layer: ordinary teacher, correction and forgetting off", rounded, self.config.ordinary_above)
+        else:
+            self.verdict = "ntl-like"
+            logger.info("BN prior: mixture weights %s: NTL-like teacher, BN targets de-mixed", rounded)
+
+    def _fit(self, layer: BatchNorm, index: int) -> float:
+        mu_id, mu_ood = self._id[index].mean, self._ood[index].mean
+        assert mu_id is not None and mu_ood is not None
+        running = layer.running_mean.detach().float().to(mu_id.device)  # type: ignore[union-attr]
+        gap = mu_id - mu_ood
+        denominator = float((gap * gap).sum())
+        if denominator <= 1e-12 * max(float((running * running).sum()), 1e-12):
+            return 1.0  # the two groups coincide: no second domain to remove
+        a = float(((running - mu_ood) * gap).sum()) / denominator
+        return min(max(a, self.config.min_weight), 1.0)
+
+    def target(self, index: int, layer: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(mean, var)`` the adapter should match at BN layer ``index``, each (C,).
+
+        The running statistics unless the teacher was judged NTL-like; then the
+        de-mixed ID moments (see the module docstring).
+        """
+        running_mean, running_var = layer.running_mean, layer.running_var
+        assert running_mean is not None and running_var is not None
+        if not self.correcting or self.weights is None:
+            return running_mean, running_var
+        a = self.weights[index]
+        mu_ood = self._ood[index].mean.to(running_mean)  # type: ignore[union-attr]
+        m2_ood = self._ood[index].second.to(running_mean)  # type: ignore[union-attr]
+        mean = (running_mean - (1 - a) * mu_ood) / a
+        second = (running_var + running_mean * running_mean - (1 - a) * m2_ood) / a
+        var = torch.maximum(second - mean * mean, self.config.var_floor * running_var)
+        return mean, var
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data and tensors: the observed moments, the fitted weights and the verdict."""
+        return {
+            "observed": self.observed,
+            "verdict": self.verdict,
+            "weights": self.weights,
+            "id": [(g.mean, g.second) for g in self._id],
+            "ood": [(g.mean, g.second) for g in self._ood],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if len(state["id"]) != len(self.layers):
+            raise ValueError(f"BN prior state has {len(state['id'])} layers, the teacher has {len(self.layers)}")
+        self.observed = int(state["observed"])
+        self.verdict = state["verdict"]
+        self.weights = None if state["weights"] is None else [float(a) for a in state["weights"]]
+        for groups, saved in ((self._id, state["id"]), (self._ood, state["ood"])):
+            for group, (mean, second) in zip(groups, saved):
+                group.mean, group.second = mean, second

@@ -1,0 +1,151 @@
+"""BN-prior de-mixing: moments, the fitted mixture weight, the corrected targets, calibration."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from dfkd_guard import Guard, GuardConfig
+from dfkd_guard.bn_prior import BNPrior, BNPriorConfig, FixedBNTargets, layer_moments
+
+CHANNELS = 4
+MU_ID = torch.tensor([1.0, -1.0, 0.5, 2.0])
+MU_OOD = torch.tensor([4.0, 3.0, -2.0, 0.0])
+SD_ID, SD_OOD = 1.0, 0.5
+
+
+def mixed_layer(a: float) -> nn.BatchNorm2d:
+    """A BN layer whose running moments are the a : (1 - a) mixture of the ID and OOD Gaussians."""
+    layer = nn.BatchNorm2d(CHANNELS)
+    mean = a * MU_ID + (1 - a) * MU_OOD
+    second = a * (SD_ID**2 + MU_ID**2) + (1 - a) * (SD_OOD**2 + MU_OOD**2)
+    layer.running_mean.copy_(mean)
+    layer.running_var.copy_(second - mean**2)
+    return layer
+
+
+def batch(ood: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, C, 6, 6) features: ID-like samples ~ N(MU_ID, 1), OOD-like ~ N(MU_OOD, 0.25)."""
+    noise = torch.randn(len(ood), CHANNELS, 6, 6, generator=generator)
+    mean = torch.where(ood[:, None], MU_OOD, MU_ID)[:, :, None, None]
+    sd = torch.where(ood, SD_OOD, SD_ID)[:, None, None, None]
+    return mean + sd * noise
+
+
+def warm_up(prior: BNPrior, batches: int = 40) -> None:
+    generator = torch.Generator().manual_seed(0)
+    ood = torch.arange(32) % 2 == 0
+    for _ in range(batches):
+        prior.observe([batch(ood, generator)], ood)
+
+
+def test_layer_moments_are_per_sample_channel_means_and_second_moments() -> None:
+    x = torch.randn(3, 2, 4, 5)
+    mean, second = layer_moments(x)
+    assert mean.shape == second.shape == (3, 2)
+    torch.testing.assert_close(mean, x.mean(dim=(2, 3)))
+    torch.testing.assert_close(second, (x**2).mean(dim=(2, 3)))
+
+
+def test_an_ntl_mixture_is_fitted_and_removed() -> None:
+    layer = mixed_layer(0.4)
+    prior = BNPrior(BNPriorConfig(warmup_batches=40, momentum=0.5), [layer])
+    assert prior.target(0, layer)[0] is layer.running_mean  # uncorrected while warming up
+    warm_up(prior)
+    assert prior.verdict == "ntl-like" and prior.correcting
+    assert prior.weights == [pytest.approx(0.4, abs=0.03)]
+    mean, var = prior.target(0, layer)
+    torch.testing.assert_close(mean, MU_ID, atol=0.1, rtol=0)
+    torch.testing.assert_close(var, torch.full((CHANNELS,), SD_ID**2), atol=0.15, rtol=0)
+    # the running statistics themselves are far from the ID moments
+    assert (layer.running_mean - MU_ID).abs().max() > 1.0
+
+
+def test_an_ordinary_teacher_is_left_alone() -> None:
+    layer = mixed_layer(1.0)
+    prior = BNPrior(BNPriorConfig(warmup_batches=40, momentum=0.5), [layer])
+    warm_up(prior)
+    assert prior.verdict == "ordinary" and not prior.correcting
+    assert prior.weights == [pytest.approx(1.0, abs=0.01)]
+    mean, var = prior.target(0, layer)
+    assert mean is layer.running_mean and var is layer.running_var
+
+
+def test_observing_stops_after_the_warm_up_and_state_round_trips() -> None:
+    layer = mixed_layer(0.4)
+    prior = BNPrior(BNPriorConfig(warmup_batches=5), [layer])
+    warm_up(prior, batches=8)
+    assert prior.observed == 5 and not prior.observing
+    copy = BNPrior(BNPriorConfig(warmup_batches=5), [layer])
+    copy.load_state_dict(prior.state_dict())
+    assert copy.verdict == prior.verdict and copy.weights == prior.weights
+    for got, want in zip(copy.target(0, layer), prior.target(0, layer)):
+        torch.testing.assert_close(got, want)
+
+
+def test_batches_with_an_empty_group_are_not_counted() -> None:
+    prior = BNPrior(BNPriorConfig(warmup_batches=2), [mixed_layer(0.5)])
+    prior.observe([torch.randn(4, CHANNELS, 2, 2)], torch.zeros(4, dtype=torch.bool))
+    assert prior.observed == 0
+
+
+def test_observe_rejects_the_wrong_number_of_layers() -> None:
+    prior = BNPrior(BNPriorConfig(), [mixed_layer(0.5)])
+    with pytest.raises(ValueError, match="2 BN layers, the teacher has 1"):
+        prior.observe([torch.randn(4, CHANNELS, 2, 2)] * 2, torch.tensor([True, False, True, False]))
+
+
+def test_fixed_targets_measure_the_moments_of_real_images() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 2, 3), nn.BatchNorm2d(2))
+    net.train()
+    images = torch.rand(30, 3, 8, 8)
+    targets = FixedBNTargets.measure(net, images, batch_size=7)
+    assert net.training  # mode restored
+    first = net[0](images)
+    torch.testing.assert_close(targets.target(0, net[1])[0], first.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(targets.target(0, net[1])[1], first.var(dim=(0, 2, 3), unbiased=False))
+    second = net[3](net[2](net[1].eval()(first)))
+    torch.testing.assert_close(targets.target(1, net[4])[1], second.var(dim=(0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-5)
+
+
+class TwoLayer(nn.Module):
+    """A one-BN-layer teacher whose BN running moments are an ID/OOD mixture."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.bn = mixed_layer(a)
+        self.head = nn.Linear(CHANNELS, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(("a", "verdict"), [(0.4, "ntl-like"), (1.0, "ordinary")])
+def test_the_guard_calibrates_forgetting_by_the_verdict(a: float, verdict: str, caplog) -> None:
+    teacher = TwoLayer(a).eval()
+    guard = Guard(GuardConfig(scorer="msp", bn_prior={"warmup_batches": 10, "momentum": 0.5}), teacher, load_entrypoints=False)
+    generator = torch.Generator().manual_seed(0)
+    ood = torch.arange(32) % 2 == 0
+    scores = ood.float() + 0.01 * torch.rand(32, generator=generator)  # OOD-like samples score high
+    logits = torch.randn(32, 10, generator=generator)
+    split = guard.split(scores, logits)
+    assert split.forgotten_fraction == 0.5  # the configured split does split
+    with caplog.at_level(logging.INFO, logger="dfkd_guard"):
+        for i in range(10):
+            assert guard.sample_weights(scores, logits).forgotten_fraction == (0.0 if i else 0.5)
+            guard.observe_bn([batch(ood, generator)], scores, logits)
+    assert guard.bn_prior is not None and guard.bn_prior.verdict == verdict
+    assert guard.sample_weights(scores, logits).forgotten_fraction == (0.5 if verdict == "ntl-like" else 0.0)
+    assert {"ntl-like": "NTL-like teacher", "ordinary": "ordinary teacher"}[verdict] in caplog.text
+    assert f"bn_prior={verdict}" in repr(guard)
+
+
+def test_demix_off_or_guard_off_has_no_prior() -> None:
+    teacher = TwoLayer(0.5)
+    assert Guard(GuardConfig(bn_prior={"demix": False}), teacher, load_entrypoints=False).bn_prior is None
+    assert Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False).bn_prior is None
+    assert Guard(GuardConfig(), nn.Linear(3, 2), load_entrypoints=False).bn_prior is None  # no BatchNorm
