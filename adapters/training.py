@@ -60,6 +60,7 @@ def train(
     evaluate_every: int = 0,
     progress: TextIO | bool = True,
     log_every: int = 10,
+    label: str = "",
 ) -> TrainResult:
     """Train ``synthesizer.student`` for ``iterations`` DFKD iterations.
 
@@ -73,18 +74,20 @@ def train(
     :param progress: a one-line progress display: True for standard error
         (looked up at call time), a stream, or False for silence.
     :param log_every: iterations between progress lines.
+    :param label: prefix of every progress line (e.g. the run's name when several runs share a terminal).
     """
     if iterations < 0 or kd_steps < 1 or checkpoint_every < 1:
         raise ValueError(
             f"need iterations >= 0, kd_steps >= 1, checkpoint_every >= 1; got {iterations}, {kd_steps}, {checkpoint_every}"
         )
     stream: TextIO | None = sys.stderr if progress is True else (progress or None)
+    prefix = f"[{label}] " if label else ""
     result = TrainResult()
     start = 0
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and path.exists():
         start = _restore(load_checkpoint(path), path, synthesizer, optimizer, scheduler, result)
-        _say(stream, f"resumed from {path} at iteration {start}/{iterations}")
+        _say(stream, f"{prefix}resumed from {path} at iteration {start}/{iterations}")
     busy = 0.0  # seconds spent in iterations, without evaluation and checkpoint writes
     for step in range(start, iterations):
         began = time.perf_counter()
@@ -107,7 +110,7 @@ def train(
         if stream is not None and (done % log_every == 0 or done == iterations):
             rate = busy / (done - start)
             shown = " | ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k in _SHOWN)
-            _say(stream, f"iter {done}/{iterations} | {shown} | {rate:.2f} s/it")
+            _say(stream, f"{prefix}iter {done}/{iterations} | {shown} | {rate:.2f} s/it")
         if path is not None and (done % checkpoint_every == 0 or done == iterations):
             save_atomic(_state(done, synthesizer, optimizer, scheduler, result), path)
     if iterations > start:

@@ -100,13 +100,17 @@ class VanillaSynthesizer(Synthesizer):
         self._feature_hook = (
             _last_linear(self.teacher).register_forward_pre_hook(self._keep_features) if self.config.act > 0 else None
         )
+        was_training = self.generator.training
         with torch.no_grad():
-            self.check_images(self._images(2), "the generator")
+            self.check_images(self._images(2, train=False), "the generator")
+        self.generator.train(was_training)
 
     def _keep_features(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         self._features = inputs[0]
 
-    def _images(self, batch_size: int) -> torch.Tensor:
+    def _images(self, batch_size: int, train: bool = True) -> torch.Tensor:
+        """``normalize(G(z))`` for fresh codes; ``train``: G's BatchNorm uses batch statistics."""
+        self.generator.train(train)
         z = torch.randn(batch_size, self.latent_dim).to(self.device)
         return self.guard.config.normalization.normalize(self.generator(z))
 
@@ -114,7 +118,6 @@ class VanillaSynthesizer(Synthesizer):
         """``generator_steps`` updates of G on fresh latent codes."""
         c = self.config
         self.student.eval()
-        self.generator.train()
         terms: dict[str, float] = {}
         images = torch.empty(0, *self.image_shape)
         skipped = 0
@@ -155,8 +158,13 @@ class VanillaSynthesizer(Synthesizer):
         return (mean_p * mean_p.clamp_min(1e-12).log()).sum() + math.log(t_out.shape[1])
 
     def sample(self) -> StudentBatch:
-        """A fresh generator batch, scored and weighted; non-finite samples are dropped and counted."""
-        self.generator.eval()
+        """A fresh generator batch, scored and weighted; non-finite samples are dropped and counted.
+
+        G stays in train mode (batch statistics in its BatchNorm), as in DFAD and
+        DFQ: its running statistics lag a generator trained at a high learning
+        rate, and eval-mode batches would differ from the ones synthesis shaped
+        (``docs/adapters.md``).
+        """
         with torch.no_grad():
             images = self._images(self.config.batch_size)
         finite = torch.isfinite(images).flatten(1).all(dim=1)

@@ -9,28 +9,41 @@ batches, so, per BN layer, its running moments are a mixture (DESIGN 7.1)::
     running_var + running_mean**2 = a * m2_id + (1 - a) * m2_ood
 
 with ``a`` near 0.5, and matching them pulls synthesis toward producing OOD
-samples. :class:`BNPrior` removes the OOD component without real data:
+samples. :class:`BNPrior` replaces those targets without real data:
 
-1. *Observe* (:meth:`BNPrior.observe`): on the first ``warmup_batches``
-   scored synthetic batches it keeps an exponential moving average of the
-   per-channel mean and second moment of each BN layer's input over the
-   guard's OOD-like samples and over its ID-like samples, separately.
-2. *Fit* (once, at the end of the warm-up): per layer, the least-squares
-   ``a = <r - mu_ood, mu_id - mu_ood> / ||mu_id - mu_ood||^2`` with ``r`` the
-   running mean, clipped to ``[min_weight, 1]``. The OOD moments are then
-   frozen, so the correction cannot drift back to the mixture once the
-   generator has left the OOD region.
-3. *Calibrate*: if ``a >= ordinary_above`` on every layer, the BN prior holds
-   no second domain; the teacher is taken as ordinary, the correction stays
-   off and the guard stops forgetting (:attr:`BNPrior.verdict` says so, and
-   the ``dfkd_guard`` logger logs it). Otherwise the teacher is NTL-like.
-4. *Correct* (:meth:`BNPrior.target`): an NTL-like teacher's targets become::
+1. *Observe* (:meth:`BNPrior.observe`): after ``skip_batches`` scored
+   synthetic batches (while synthesis has not yet settled on the teacher's
+   prior, its samples say nothing about it), for ``warmup_batches`` more
+   batches, it keeps an exponential moving average of the per-channel mean
+   and second moment of each BN layer's input over the guard's OOD-like
+   samples and over its ID-like samples, separately. Then the estimate is
+   frozen, so the targets cannot drift back to the mixture once synthesis
+   has left the OOD region.
+2. *Calibrate*: the separation of the two groups per layer,
+   ``||mu_id - mu_ood||^2 / sum(running_var)`` (a squared effect size),
+   averaged over layers. Below ``ntl_separation`` the two groups are one
+   domain: the teacher is taken as ordinary, its targets stay the running
+   statistics and the guard forgets nothing (:attr:`BNPrior.verdict` says
+   so, and the ``dfkd_guard`` logger logs it). Otherwise it is NTL-like.
+3. *Correct* (:meth:`BNPrior.target`), for an NTL-like teacher, by ``estimate``:
 
-       mean = (running_mean - (1 - a) * mu_ood) / a
-       var  = (running_var + running_mean**2 - (1 - a) * m2_ood) / a - mean**2
+   * ``"id_group"``: the ID-like group's moments (``mean = mu_id``,
+     ``var = m2_id - mu_id**2``). While synthesis matches the running
+     statistics, ``running_mean`` is the batch mean, the mixture of the two
+     groups in the proportion the split found; its ID component is ``mu_id``.
+   * ``"fitted"``: de-mix with the least-squares mixture weight
+     ``a = <r - mu_ood, mu_id - mu_ood> / ||mu_id - mu_ood||^2`` (``r`` the
+     running mean, clipped to ``[0.05, 1]``)::
 
-   (variance floored at ``var_floor * running_var``). Before the verdict and
-   for an ordinary teacher the targets are the running statistics.
+         mean = (running_mean - (1 - a) * mu_ood) / a
+         var  = (running_var + running_mean**2 - (1 - a) * m2_ood) / a - mean**2
+
+   * ``"fixed"``: the same with ``a = fixed_weight`` (DESIGN 7.1's first probe).
+
+   Variances are floored at ``var_floor * running_var``. Before the verdict
+   and for an ordinary teacher the targets are the running statistics.
+
+The fitted ``a`` is always computed and logged, as a diagnostic.
 
 Everything here needs only teacher forwards the adapter already makes: the
 BN-layer inputs of the batches the guard scored.
@@ -138,10 +151,12 @@ class BNPriorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     demix: bool = Field(default=True, description="estimate and remove the OOD component of the BN prior (and calibrate)")
-    warmup_batches: int = Field(default=100, ge=1, description="scored synthetic batches observed before a is fitted and frozen")
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="EMA momentum of the observed moments (weight of the old value)")
-    min_weight: float = Field(default=0.05, gt=0.0, le=1.0, description="lower clip of the fitted mixture weight a")
-    ordinary_above: float = Field(default=0.9, gt=0.0, le=1.0, description="a at or above this on every layer: ordinary teacher, no correction")
+    estimate: Literal["id_group", "fitted", "fixed"] = Field(default="id_group", description="corrected targets: the ID-like group's moments, or de-mixing with a fitted or fixed mixture weight")
+    fixed_weight: float = Field(default=0.5, gt=0.0, le=1.0, description="mixture weight a of estimate 'fixed'")
+    ntl_separation: float = Field(default=0.1, ge=0.0, description="mean squared effect size between the groups at or above which the teacher is NTL-like")
+    skip_batches: int = Field(default=300, ge=0, description="scored synthetic batches ignored at the start, before synthesis settles")
+    warmup_batches: int = Field(default=300, ge=1, description="scored synthetic batches observed (after the skipped ones) before a is fitted and frozen")
+    momentum: float = Field(default=0.95, ge=0.0, lt=1.0, description="EMA momentum of the observed moments (weight of the old value)")
     var_floor: float = Field(default=0.01, gt=0.0, le=1.0, description="corrected variance >= var_floor * running_var")
 
 
@@ -171,11 +186,14 @@ class BNPrior:
     def __init__(self, config: BNPriorConfig, layers: Sequence[BatchNorm]) -> None:
         self.config = config
         self.layers = list(layers)
+        self.seen = 0
         self.observed = 0
         self._id = [_GroupMoments() for _ in self.layers]
         self._ood = [_GroupMoments() for _ in self.layers]
-        #: Fitted mixture weight per layer, once the warm-up ended.
+        #: Fitted mixture weight per layer, once the warm-up ended (a diagnostic unless estimate is 'fitted').
         self.weights: list[float] | None = None
+        #: Squared effect size between the ID-like and OOD-like groups per layer, once the warm-up ended.
+        self.separation: list[float] | None = None
         self.verdict: Verdict = "warming up"
 
     @property
@@ -199,6 +217,9 @@ class BNPrior:
             return
         if len(inputs) != len(self.layers):
             raise ValueError(f"got inputs of {len(inputs)} BN layers, the teacher has {len(self.layers)}")
+        self.seen += 1
+        if self.seen <= self.config.skip_batches:
+            return
         ood_like = ood_like.bool()
         if ood_like.all() or not ood_like.any():
             return  # one group is empty: nothing to separate in this batch
@@ -215,13 +236,24 @@ class BNPrior:
 
     def _decide(self) -> None:
         self.weights = [self._fit(layer, i) for i, layer in enumerate(self.layers)]
-        rounded = ", ".join(f"{a:.2f}" for a in self.weights)
-        if min(self.weights) >= self.config.ordinary_above:
+        self.separation = [self._separation(layer, i) for i, layer in enumerate(self.layers)]
+        mean_separation = sum(self.separation) / len(self.separation)
+        shown = (
+            f"group separation {', '.join(f'{d:.2f}' for d in self.separation)} (mean {mean_separation:.2f}), "
+            f"fitted mixture weights {', '.join(f'{a:.2f}' for a in self.weights)}"
+        )
+        if mean_separation < self.config.ntl_separation:
             self.verdict = "ordinary"
-            logger.info("BN prior: mixture weights %s >= %.2f on every layer: ordinary teacher, correction and forgetting off", rounded, self.config.ordinary_above)
+            logger.info("BN prior: %s: ordinary teacher, BN targets and forgetting left alone", shown)
         else:
             self.verdict = "ntl-like"
-            logger.info("BN prior: mixture weights %s: NTL-like teacher, BN targets de-mixed", rounded)
+            logger.info("BN prior: %s: NTL-like teacher, BN targets corrected (%s)", shown, self.config.estimate)
+
+    def _separation(self, layer: BatchNorm, index: int) -> float:
+        mu_id, mu_ood = self._id[index].mean, self._ood[index].mean
+        assert mu_id is not None and mu_ood is not None
+        spread = float(layer.running_var.detach().float().sum().clamp_min(1e-12))  # type: ignore[union-attr]
+        return float(((mu_id - mu_ood) ** 2).sum()) / spread
 
     def _fit(self, layer: BatchNorm, index: int) -> float:
         mu_id, mu_ood = self._id[index].mean, self._ood[index].mean
@@ -232,7 +264,7 @@ class BNPrior:
         if denominator <= 1e-12 * max(float((running * running).sum()), 1e-12):
             return 1.0  # the two groups coincide: no second domain to remove
         a = float(((running - mu_ood) * gap).sum()) / denominator
-        return min(max(a, self.config.min_weight), 1.0)
+        return min(max(a, 0.05), 1.0)
 
     def target(self, index: int, layer: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``(mean, var)`` the adapter should match at BN layer ``index``, each (C,).
@@ -244,20 +276,26 @@ class BNPrior:
         assert running_mean is not None and running_var is not None
         if not self.correcting or self.weights is None:
             return running_mean, running_var
-        a = self.weights[index]
-        mu_ood = self._ood[index].mean.to(running_mean)  # type: ignore[union-attr]
-        m2_ood = self._ood[index].second.to(running_mean)  # type: ignore[union-attr]
-        mean = (running_mean - (1 - a) * mu_ood) / a
-        second = (running_var + running_mean * running_mean - (1 - a) * m2_ood) / a
+        if self.config.estimate == "id_group":
+            mean = self._id[index].mean.to(running_mean)  # type: ignore[union-attr]
+            second = self._id[index].second.to(running_mean)  # type: ignore[union-attr]
+        else:
+            a = self.weights[index] if self.config.estimate == "fitted" else self.config.fixed_weight
+            mu_ood = self._ood[index].mean.to(running_mean)  # type: ignore[union-attr]
+            m2_ood = self._ood[index].second.to(running_mean)  # type: ignore[union-attr]
+            mean = (running_mean - (1 - a) * mu_ood) / a
+            second = (running_var + running_mean * running_mean - (1 - a) * m2_ood) / a
         var = torch.maximum(second - mean * mean, self.config.var_floor * running_var)
         return mean, var
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data and tensors: the observed moments, the fitted weights and the verdict."""
         return {
+            "seen": self.seen,
             "observed": self.observed,
             "verdict": self.verdict,
             "weights": self.weights,
+            "separation": self.separation,
             "id": [(g.mean, g.second) for g in self._id],
             "ood": [(g.mean, g.second) for g in self._ood],
         }
@@ -266,9 +304,11 @@ class BNPrior:
         """Restore :meth:`state_dict`."""
         if len(state["id"]) != len(self.layers):
             raise ValueError(f"BN prior state has {len(state['id'])} layers, the teacher has {len(self.layers)}")
+        self.seen = int(state["seen"])
         self.observed = int(state["observed"])
         self.verdict = state["verdict"]
         self.weights = None if state["weights"] is None else [float(a) for a in state["weights"]]
+        self.separation = None if state["separation"] is None else [float(d) for d in state["separation"]]
         for groups, saved in ((self._id, state["id"]), (self._ood, state["ood"])):
             for group, (mean, second) in zip(groups, saved):
                 group.mean, group.second = mean, second

@@ -28,18 +28,20 @@ def mixed_layer(a: float) -> nn.BatchNorm2d:
 
 
 def batch(ood: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B, C, 6, 6) features: ID-like samples ~ N(MU_ID, 1), OOD-like ~ N(MU_OOD, 0.25)."""
+    """(B, C, 6, 6) features: samples flagged ``ood`` ~ N(MU_OOD, 0.25), the others ~ N(MU_ID, 1)."""
     noise = torch.randn(len(ood), CHANNELS, 6, 6, generator=generator)
     mean = torch.where(ood[:, None], MU_OOD, MU_ID)[:, :, None, None]
     sd = torch.where(ood, SD_OOD, SD_ID)[:, None, None, None]
     return mean + sd * noise
 
 
-def warm_up(prior: BNPrior, batches: int = 40) -> None:
+def warm_up(prior: BNPrior, batches: int = 40, one_domain: bool = False) -> None:
+    """Feed batches split half/half; with ``one_domain`` both halves are ID samples (an ordinary teacher's split)."""
     generator = torch.Generator().manual_seed(0)
-    ood = torch.arange(32) % 2 == 0
+    split = torch.arange(32) % 2 == 0
     for _ in range(batches):
-        prior.observe([batch(ood, generator)], ood)
+        features = batch(split & (not one_domain), generator)
+        prior.observe([features], split)
 
 
 def test_layer_moments_are_per_sample_channel_means_and_second_moments() -> None:
@@ -50,13 +52,16 @@ def test_layer_moments_are_per_sample_channel_means_and_second_moments() -> None
     torch.testing.assert_close(second, (x**2).mean(dim=(2, 3)))
 
 
-def test_an_ntl_mixture_is_fitted_and_removed() -> None:
+@pytest.mark.parametrize("estimate", ["id_group", "fitted", "fixed"])
+def test_an_ntl_mixture_is_removed(estimate: str) -> None:
     layer = mixed_layer(0.4)
-    prior = BNPrior(BNPriorConfig(warmup_batches=40, momentum=0.5), [layer])
+    config = BNPriorConfig(skip_batches=0, warmup_batches=40, momentum=0.5, estimate=estimate, fixed_weight=0.4)
+    prior = BNPrior(config, [layer])
     assert prior.target(0, layer)[0] is layer.running_mean  # uncorrected while warming up
     warm_up(prior)
     assert prior.verdict == "ntl-like" and prior.correcting
     assert prior.weights == [pytest.approx(0.4, abs=0.03)]
+    assert prior.separation is not None and prior.separation[0] > 1.0
     mean, var = prior.target(0, layer)
     torch.testing.assert_close(mean, MU_ID, atol=0.1, rtol=0)
     torch.testing.assert_close(var, torch.full((CHANNELS,), SD_ID**2), atol=0.15, rtol=0)
@@ -66,28 +71,39 @@ def test_an_ntl_mixture_is_fitted_and_removed() -> None:
 
 def test_an_ordinary_teacher_is_left_alone() -> None:
     layer = mixed_layer(1.0)
-    prior = BNPrior(BNPriorConfig(warmup_batches=40, momentum=0.5), [layer])
-    warm_up(prior)
+    prior = BNPrior(BNPriorConfig(skip_batches=0, warmup_batches=40, momentum=0.5), [layer])
+    warm_up(prior, one_domain=True)
     assert prior.verdict == "ordinary" and not prior.correcting
-    assert prior.weights == [pytest.approx(1.0, abs=0.01)]
+    assert prior.separation is not None and prior.separation[0] < 0.05
     mean, var = prior.target(0, layer)
     assert mean is layer.running_mean and var is layer.running_var
 
 
 def test_observing_stops_after_the_warm_up_and_state_round_trips() -> None:
     layer = mixed_layer(0.4)
-    prior = BNPrior(BNPriorConfig(warmup_batches=5), [layer])
+    prior = BNPrior(BNPriorConfig(skip_batches=0, warmup_batches=5), [layer])
     warm_up(prior, batches=8)
     assert prior.observed == 5 and not prior.observing
-    copy = BNPrior(BNPriorConfig(warmup_batches=5), [layer])
+    copy = BNPrior(BNPriorConfig(skip_batches=0, warmup_batches=5), [layer])
     copy.load_state_dict(prior.state_dict())
     assert copy.verdict == prior.verdict and copy.weights == prior.weights
     for got, want in zip(copy.target(0, layer), prior.target(0, layer)):
         torch.testing.assert_close(got, want)
 
 
+def test_the_first_batches_are_skipped() -> None:
+    layer = mixed_layer(0.4)
+    prior = BNPrior(BNPriorConfig(skip_batches=3, warmup_batches=40, momentum=0.5), [layer])
+    junk = torch.full((32, CHANNELS, 6, 6), 100.0)  # would wreck the estimate if it were used
+    for _ in range(3):
+        prior.observe([junk], torch.arange(32) % 2 == 0)
+    assert prior.seen == 3 and prior.observed == 0
+    warm_up(prior)
+    assert prior.weights == [pytest.approx(0.4, abs=0.03)]
+
+
 def test_batches_with_an_empty_group_are_not_counted() -> None:
-    prior = BNPrior(BNPriorConfig(warmup_batches=2), [mixed_layer(0.5)])
+    prior = BNPrior(BNPriorConfig(skip_batches=0, warmup_batches=2), [mixed_layer(0.5)])
     prior.observe([torch.randn(4, CHANNELS, 2, 2)], torch.zeros(4, dtype=torch.bool))
     assert prior.observed == 0
 
@@ -127,7 +143,8 @@ class TwoLayer(nn.Module):
 @pytest.mark.parametrize(("a", "verdict"), [(0.4, "ntl-like"), (1.0, "ordinary")])
 def test_the_guard_calibrates_forgetting_by_the_verdict(a: float, verdict: str, caplog) -> None:
     teacher = TwoLayer(a).eval()
-    guard = Guard(GuardConfig(scorer="msp", bn_prior={"warmup_batches": 10, "momentum": 0.5}), teacher, load_entrypoints=False)
+    two_domains = verdict == "ntl-like"
+    guard = Guard(GuardConfig(scorer="msp", bn_prior={"skip_batches": 0, "warmup_batches": 10, "momentum": 0.5}), teacher, load_entrypoints=False)
     generator = torch.Generator().manual_seed(0)
     ood = torch.arange(32) % 2 == 0
     scores = ood.float() + 0.01 * torch.rand(32, generator=generator)  # OOD-like samples score high
@@ -137,7 +154,7 @@ def test_the_guard_calibrates_forgetting_by_the_verdict(a: float, verdict: str, 
     with caplog.at_level(logging.INFO, logger="dfkd_guard"):
         for i in range(10):
             assert guard.sample_weights(scores, logits).forgotten_fraction == (0.0 if i else 0.5)
-            guard.observe_bn([batch(ood, generator)], scores, logits)
+            guard.observe_bn([batch(ood & two_domains, generator)], scores, logits)
     assert guard.bn_prior is not None and guard.bn_prior.verdict == verdict
     assert guard.sample_weights(scores, logits).forgotten_fraction == (0.5 if verdict == "ntl-like" else 0.0)
     assert {"ntl-like": "NTL-like teacher", "ordinary": "ordinary teacher"}[verdict] in caplog.text

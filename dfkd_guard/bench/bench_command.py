@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--tiny", action="store_true", help="the seconds-long test preset (tiny models, 2 iterations)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: the config's output_dir)")
     parser.add_argument("--seeds", type=seed_list, help="comma-separated DFKD seeds, e.g. 0,1,2")
-    parser.add_argument("--iterations", type=reporting.positive_int(1), help="DFKD iterations per run")
+    parser.add_argument("--iterations", type=reporting.positive_int(1), help="DFKD iterations per run, for every adapter")
     parser.add_argument(
         "--settings", type=reporting.name_list(SETTINGS), help=f"comma-separated subset of {', '.join(SETTINGS)}"
     )
@@ -58,7 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=reporting.name_list(ADAPTERS),
         help=f"comma-separated subset of {', '.join(ADAPTERS)}, run in every selected setting",
     )
-    parser.add_argument("--threads", type=reporting.positive_int(1), help="torch.set_num_threads value")
+    parser.add_argument("--threads", type=reporting.positive_int(1), help="torch.set_num_threads value (with --workers 1)")
+    parser.add_argument(
+        "--workers", type=reporting.positive_int(1), help="runs trained at once, one process and one thread each (default 1)"
+    )
     parser.add_argument("--train-progress", action="store_true", help="also show each run's training progress lines")
     parser.add_argument("--report-only", action="store_true", help="train nothing: rewrite the report from stored runs")
     parser.set_defaults(func=run)
@@ -66,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _command(args: argparse.Namespace) -> str:
     parts = [_PROG]
-    for option in ("--config", "--out", "--seeds", "--iterations", "--settings", "--adapters", "--threads"):
+    for option in ("--config", "--out", "--seeds", "--iterations", "--settings", "--adapters", "--threads", "--workers"):
         value = getattr(args, option[2:].replace("-", "_"))
         if value is not None:
             parts += [option, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
@@ -93,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         updates["seeds"] = list(args.seeds)
     if args.iterations is not None:
-        updates["iterations"] = args.iterations
+        updates["budgets"] = {
+            name: {**budget.model_dump(), "iterations": args.iterations} for name, budget in config.budgets.items()
+        }
     settings = reporting.parse_names(args.settings, SETTINGS) if args.settings else list(config.settings)
     if args.settings:
         updates["settings"] = settings
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         config = config.updated(**updates)
     require_matplotlib()  # fail before hours of training, not after
     if not args.report_only:
-        summary = run_bench(config, train_progress=args.train_progress)
+        summary = run_bench(config, train_progress=args.train_progress, workers=args.workers or 1)
         reporting.progress("bench", f"{len(summary.ran)} runs trained, {len(summary.skipped)} already finished")
     path = write_report(config, command=_command(args), started=started, load=reporting.load_span(load))
     reporting.progress("bench", f"wrote {path}")

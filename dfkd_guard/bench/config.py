@@ -12,7 +12,11 @@ In TOML::
 
     settings = ["mnist_m", "backdoor"]
     seeds = [0, 1, 2]
+
+    [budgets.vanilla]
     iterations = 1500
+    kd_steps = 2
+    eval_every = 100
 
     [adapters]
     mnist_m = ["vanilla", "cmi"]
@@ -41,9 +45,8 @@ from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig
 from dfkd_guard.config import FileConfig, GuardConfig
 
 from .data import SETTINGS, SettingName
-from .models import STUDENT_WIDTHS, TEACHER_WIDTHS
 
-__all__ = ["ADAPTERS", "ROWS", "ROW_LABELS", "AdapterName", "BenchConfig", "RowName"]
+__all__ = ["ADAPTERS", "ROWS", "ROW_LABELS", "AdapterName", "BenchConfig", "Budget", "RowName"]
 
 AdapterName = Literal["vanilla", "deepinversion", "cmi"]
 ADAPTERS: tuple[str, ...] = get_args(AdapterName)
@@ -83,6 +86,23 @@ def _default_cmi() -> CMIConfig:
     return CMIConfig(batch_size=64, student_batch_size=64, iterations=20, pool_size=4096)
 
 
+class Budget(BaseModel):
+    """How long one run trains (see :func:`dfkd_guard.adapters.training.train`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iterations: int = Field(ge=1, description="DFKD iterations: one synthesis round and kd_steps student steps each")
+    kd_steps: int = Field(ge=1, description="student steps per iteration")
+    eval_every: int = Field(ge=1, description="iterations between evaluations (one more at the end); IAcc = mean of the last 3")
+
+
+_DEFAULT_BUDGETS: dict[str, Budget] = {
+    "vanilla": Budget(iterations=2000, kd_steps=3, eval_every=100),
+    "deepinversion": Budget(iterations=300, kd_steps=10, eval_every=30),
+    "cmi": Budget(iterations=300, kd_steps=10, eval_every=30),
+}
+
+
 class BenchConfig(FileConfig):
     """Everything that determines the benchmark table. Immutable; unknown fields are errors."""
 
@@ -92,17 +112,17 @@ class BenchConfig(FileConfig):
     adapters: dict[SettingName, tuple[AdapterName, ...]] = Field(default_factory=lambda: dict(_DEFAULT_ADAPTERS), description="adapters run in each setting; every selected setting needs a non-empty entry")
     rows: tuple[RowName, ...] = Field(default=("sl", "ntl", "ntl_guard", "sl_guard"), min_length=1, description="teacher rows: sl, ntl (ntl_backdoor in 'backdoor'), and each with the guard")
     seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1, description="DFKD seeds per row (student, generator, synthesis); >= 3 for the published table")
-    iterations: int = Field(default=1500, ge=1, description="DFKD iterations per run (placeholder, to be tuned: 1500 reached IAcc 0.57 with an SL teacher, DESIGN 7.1)")
-    eval_every: int = Field(default=100, ge=1, description="iterations between evaluations (one more at the end); IAcc = mean of the last 3")
-    kd_steps: int = Field(default=2, ge=1, description="student steps per DFKD iteration (to be tuned)")
-    student_lr: float = Field(default=1e-3, gt=0, description="Adam learning rate of the student (to be tuned)")
+    budgets: dict[AdapterName, Budget] = Field(default_factory=lambda: dict(_DEFAULT_BUDGETS), description="per adapter: iterations, student steps per iteration, evaluation spacing (adapters not given keep their defaults)")
+    student_lr: float = Field(default=3e-3, gt=0, description="Adam learning rate of the student")
+    student_schedule: Literal["constant", "cosine"] = Field(default="cosine", description="student learning rate over the run: constant, or cosine decay to 0")
     vanilla: VanillaConfig = Field(default_factory=_default_vanilla, description="vanilla adapter: DFQ terms, bn 10, generator lr 1e-2 (DESIGN 7)")
     deepinversion: DeepInversionConfig = Field(default_factory=_default_deepinversion, description="DeepInversion, CPU scale: batch 64, 20 pixel steps per round (to be tuned)")
     cmi: CMIConfig = Field(default_factory=_default_cmi, description="CMI, CPU scale: batch 64, 20 generator steps per round (to be tuned)")
+    image_size: int = Field(default=16, ge=4, le=32, description="side of the benchmark images: 32, or 16 (32x32 averaged over 2x2 squares; about 5x faster DFKD)")
     latent_dim: int = Field(default=64, ge=1, description="latent size of the vanilla and CMI generators")
-    generator_width: int = Field(default=32, ge=1, description="base_channels of the generators")
-    teacher_widths: tuple[int, ...] = Field(default=TEACHER_WIDTHS, min_length=1, description="teacher CNN stage widths")
-    student_widths: tuple[int, ...] = Field(default=STUDENT_WIDTHS, min_length=1, description="student CNN stage widths")
+    generator_width: int = Field(default=8, ge=1, description="base_channels of the generators")
+    teacher_widths: tuple[int, ...] = Field(default=(16, 32, 64), min_length=1, description="teacher CNN stage widths")
+    student_widths: tuple[int, ...] = Field(default=(16, 32, 64), min_length=1, description="student CNN stage widths (the teacher's: a narrower student stayed below 95% IAcc within budget)")
     teacher_steps: int = Field(default=1000, ge=1, description="training steps of every teacher (1000 gave NTL 95.5% / 11.7%, DESIGN 7)")
     teacher_batch_size: int = Field(default=64, ge=2, description="teacher training images per domain per step")
     teacher_seed: int = Field(default=0, description="seed of teacher initialisation and data order (teachers are shared by all DFKD seeds)")
@@ -115,6 +135,13 @@ class BenchConfig(FileConfig):
     test_images: int | None = Field(default=None, ge=1, description="cap on the ID and OOD test images of each evaluation; None = all")
     output_dir: Path = Field(default=Path("runs/bench"), description="where runs/, plots/ and report.md go (the CLI's --out overrides)")
     teacher_cache_dir: Path | None = Field(default=None, description="trained teacher cache; None = <output_dir>/teachers")
+
+    @field_validator("image_size")
+    @classmethod
+    def _divides_32(cls, value: int) -> int:
+        if 32 % value or value % 4:
+            raise ValueError(f"must divide 32 and be a multiple of 4 (the generator upsamples twice), got {value}")
+        return value
 
     @field_validator("seeds", "auroc_scorers", "settings", "rows")
     @classmethod
@@ -133,6 +160,12 @@ class BenchConfig(FileConfig):
             if len(set(names)) != len(names):
                 raise ValueError(f"{setting}: entries must be unique, got {list(names)}")
         return value
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _budgets_over_defaults(cls, value: Any) -> Any:
+        # a config that sets the budget of one adapter keeps the defaults of the others
+        return {**_DEFAULT_BUDGETS, **value} if isinstance(value, dict) else value
 
     @field_validator("guard")
     @classmethod
@@ -154,9 +187,7 @@ class BenchConfig(FileConfig):
             "settings": ("rotated_mnist", "backdoor", "fashion"),
             "adapters": {"rotated_mnist": ("vanilla",), "backdoor": ADAPTERS, "fashion": ("vanilla",)},
             "seeds": (0,),
-            "iterations": 2,
-            "eval_every": 1,
-            "kd_steps": 1,
+            "budgets": {name: Budget(iterations=2, kd_steps=1, eval_every=1) for name in ADAPTERS},
             "vanilla": _default_vanilla().model_copy(update={"batch_size": 16}),
             "deepinversion": DeepInversionConfig(batch_size=16, student_batch_size=16, iterations=2),
             "cmi": CMIConfig(batch_size=16, student_batch_size=16, iterations=2, bank_size=64, n_neg=32, head_dim=16),

@@ -377,7 +377,8 @@ class Domain:
 
     Attributes:
         name: human-readable domain name, e.g. ``"mnist/train"``.
-        images: ``float32`` ``(N, 3, 32, 32)`` in ``[0, 1]``.
+        images: ``float32`` ``(N, 3, S, S)`` in ``[0, 1]`` (S = 32 unless
+            downsampled by :func:`build_setting`).
         labels: ``int64`` ``(N,)``.
     """
 
@@ -386,8 +387,8 @@ class Domain:
     labels: Tensor
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.shape[1:] != (3, 32, 32):
-            raise ValueError(f"Domain {self.name}: images must be (N, 3, 32, 32), got {tuple(self.images.shape)}")
+        if self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.shape[2] != self.images.shape[3]:
+            raise ValueError(f"Domain {self.name}: images must be (N, 3, S, S), got {tuple(self.images.shape)}")
         if self.labels.shape != (len(self.images),):
             raise ValueError(
                 f"Domain {self.name}: labels must be ({len(self.images)},), got {tuple(self.labels.shape)}"
@@ -437,6 +438,7 @@ def build_setting(
     fashion_root: str | Path | None = None,
     target_class: int = 0,
     trigger_size: int = 4,
+    image_size: int = 32,
 ) -> Setting:
     """Build the ID (MNIST) and OOD train/test domains of one benchmark setting.
 
@@ -459,10 +461,15 @@ def build_setting(
         root: MNIST IDX folder (see :func:`load_digits`); ``None`` = vendored.
         fashion_root: Fashion-MNIST IDX folder; ``None`` = vendored.
         target_class: backdoor target class (``"backdoor"`` only).
-        trigger_size: trigger side in pixels (``"backdoor"`` only).
+        trigger_size: trigger side in pixels of the 32x32 image (``"backdoor"`` only).
+        image_size: side of the returned images: 32, or a divisor of 32; smaller
+            images are 32x32 ones averaged over (32 / image_size)-pixel squares
+            (so the 4-pixel trigger becomes a 2-pixel one at 16).
     """
     if name not in SETTINGS:
         raise ValueError(f"unknown setting {name!r}; expected one of {SETTINGS}")
+    if image_size < 1 or 32 % image_size:
+        raise ValueError(f"image_size must divide 32, got {image_size}")
     grey = {split: load_digits(split, root) for split in ("train", "test")}
     id_domains = {split: Domain(f"mnist/{split}", to_rgb32(x), y) for split, (x, y) in grey.items()}
     ood: dict[str, Domain] = {}
@@ -486,12 +493,20 @@ def build_setting(
         for split in ("train", "test"):
             x, y = load_fashion(split, fashion_root)
             ood[split] = Domain(f"fashion/{split}", to_rgb32(x), y)
+    factor = 32 // image_size
     return Setting(
         name=name,
-        id_train=id_domains["train"],
-        id_test=id_domains["test"],
-        ood_train=ood["train"],
-        ood_test=ood["test"],
+        id_train=_downsampled(id_domains["train"], factor),
+        id_test=_downsampled(id_domains["test"], factor),
+        ood_train=_downsampled(ood["train"], factor),
+        ood_test=_downsampled(ood["test"], factor),
         close_set=name != "fashion",
         target_class=target,
     )
+
+
+def _downsampled(domain: Domain, factor: int) -> Domain:
+    """The domain with its images averaged over ``factor`` x ``factor`` pixel squares."""
+    if factor == 1:
+        return domain
+    return Domain(domain.name, F.avg_pool2d(domain.images, factor), domain.labels)

@@ -39,7 +39,17 @@ from .runner import enumerate_runs, ntl_kind, run_path, teacher_kind, teacher_re
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["COLUMNS", "RowSummary", "format_stat", "load_rows", "require_matplotlib", "write_plots", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "RowSummary",
+    "format_stat",
+    "has_matplotlib",
+    "load_rows",
+    "main_table",
+    "require_matplotlib",
+    "write_plots",
+    "write_report",
+]
 
 #: Main-table columns: (metric key in a run's ``final``, header).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -108,7 +118,8 @@ def format_stat(values: Sequence[float]) -> str:
     return f"{reporting.format_number(mean)} ± {reporting.format_number(statistics.stdev(values))}"
 
 
-def _main_table(rows: list[RowSummary]) -> str:
+def main_table(rows: list[RowSummary]) -> str:
+    """The students table in Markdown: one line per row summary, metrics as mean ± std over seeds."""
     header = ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["s/it", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(COLUMNS) + 2)]
     for r in rows:
@@ -159,15 +170,22 @@ def _teacher_tables(config: BenchConfig, records: list[dict[str, Any]]) -> str:
 # -- plots -------------------------------------------------------------------------
 
 
-def require_matplotlib() -> None:
-    """Raise a clear :class:`DfkdGuardError` when matplotlib, needed for the plots, is missing."""
+def has_matplotlib() -> bool:
+    """True when matplotlib, needed for the plots, can be imported."""
     try:
         import matplotlib  # noqa: F401
-    except ImportError as exc:
+    except ImportError:
+        return False
+    return True
+
+
+def require_matplotlib() -> None:
+    """Raise a clear :class:`DfkdGuardError` when matplotlib, needed for the plots, is missing."""
+    if not has_matplotlib():
         raise DfkdGuardError(
             "the bench report draws its plots with matplotlib, which is not installed: "
             "pip install 'dfkd-guard[bench]'"
-        ) from exc
+        )
 
 
 def _figure(rows: int, cols: int, width: float = 4.2, height: float = 3.2) -> Figure:
@@ -277,12 +295,14 @@ def write_report(
     command: str | None = None,
     started: datetime.datetime | None = None,
     load: str | None = None,
+    plots: bool = True,
 ) -> Path:
     """Write ``<out>/report.md`` and the plots from the runs stored under ``out``.
 
     :param command: the command that reproduces the benchmark (shown in the report).
     :param started: when the benchmark began (UTC), for the date and machine lines.
     :param load: load averages over the benchmark (see :func:`reporting.load_span`).
+    :param plots: draw the plots (needs matplotlib); False leaves a note instead.
     :returns: the report's path.
     """
     out = Path(out or config.output_dir)
@@ -290,10 +310,12 @@ def write_report(
     load = load or reporting.load_average()
     rows = load_rows(config, out)
     teachers = _teacher_records(config, out)
-    plots = write_plots(config, rows, teachers, out / "plots")
     done = sum(len(r.records) for r in rows)
     expected = sum(r.expected for r in rows)
-    plot_lines = "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots)
+    if plots:
+        plot_lines = "\n".join(f"![{p.stem}](plots/{p.name})" for p in write_plots(config, rows, teachers, out / "plots"))
+    else:
+        plot_lines = "Not drawn: matplotlib is not installed (`pip install 'dfkd-guard[bench]'`)."
     text = (
         "# dfkd-guard benchmark\n\n"
         f"- Command: `{command or '(run from Python)'}`\n"
@@ -303,7 +325,7 @@ def write_report(
         f"- Runs: {done} of {expected} stored in `runs/`"
         f"{'' if done == expected else ' (the table is incomplete: rerun the command to finish)'}\n\n"
         "## Students\n\n"
-        f"{_METRICS_TEXT}\n{_main_table(rows)}\n\n"
+        f"{_METRICS_TEXT}\n{main_table(rows)}\n\n"
         "## Teachers\n\n"
         f"{_teacher_tables(config, teachers)}\n\n"
         "## Plots\n\n"

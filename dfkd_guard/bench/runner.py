@@ -39,9 +39,11 @@ import datetime
 import hashlib
 import json
 import math
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -58,7 +60,7 @@ from dfkd_guard.serialization import write_json_atomic
 
 from . import reporting
 from .config import ROW_LABELS, BenchConfig
-from .data import Setting, build_setting
+from .data import SETTINGS, Setting, build_setting
 from .metrics import OodProbe, collapse_rate, predict
 from .models import ConvNet, Generator
 from .teachers import TeacherConfig, evaluate_teacher, load_or_train_teacher
@@ -78,6 +80,7 @@ __all__ = [
     "run_config",
     "run_id",
     "run_path",
+    "training_groups",
     "teacher_config",
     "teacher_kind",
     "teacher_record_id",
@@ -140,16 +143,22 @@ def enumerate_runs(config: BenchConfig) -> list[RunSpec]:
 
 
 def teacher_config(config: BenchConfig, setting: str, kind: str) -> TeacherConfig:
-    """The :class:`TeacherConfig` of one teacher of the benchmark."""
+    """The :class:`TeacherConfig` of one teacher of the benchmark.
+
+    An SL teacher is trained on the ID data alone, the same in every setting,
+    so one SL teacher (named after the first setting of
+    :data:`~dfkd_guard.bench.data.SETTINGS`) serves every setting.
+    """
     return TeacherConfig(
         kind=kind,
-        setting=setting,
+        setting=SETTINGS[0] if kind == "sl" else setting,
         data_seed=config.data_seed,
         target_class=config.target_class,
         steps=config.teacher_steps,
         batch_size=config.teacher_batch_size,
         seed=config.teacher_seed,
         widths=config.teacher_widths,
+        image_size=config.image_size,
     )
 
 
@@ -168,11 +177,11 @@ def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
         "guard": guard.model_dump(mode="json"),
         "histogram_scorer": config.guard.scorer.model_dump(mode="json"),
         "adapter_config": adapter_config.model_dump(mode="json"),
-        "iterations": config.iterations,
-        "eval_every": config.eval_every,
-        "kd_steps": config.kd_steps,
+        "budget": config.budgets[spec.adapter].model_dump(mode="json"),
         "student_lr": config.student_lr,
+        "student_schedule": config.student_schedule,
         "student_widths": list(config.student_widths),
+        "image_size": config.image_size,
         "latent_dim": config.latent_dim,
         "generator_width": config.generator_width,
         "probe_images": config.probe_images,
@@ -332,23 +341,27 @@ class _Context:
         self.out = out
         self.say = say
         self._settings: dict[str, Setting] = {}
-        self._teachers: dict[tuple[str, str], ConvNet] = {}
+        self._teachers: dict[str, ConvNet] = {}
         self._probes: dict[tuple[str, str], OodProbe] = {}
         self._oracles: dict[tuple[str, str], FixedBNTargets] = {}
         self._test: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, EvalLabels]] = {}
 
     def setting(self, name: str) -> Setting:
         if name not in self._settings:
-            self._settings[name] = build_setting(name, self.config.data_seed, target_class=self.config.target_class)  # type: ignore[arg-type]
+            self._settings[name] = build_setting(
+                name,  # type: ignore[arg-type]
+                self.config.data_seed,
+                target_class=self.config.target_class,
+                image_size=self.config.image_size,
+            )
         return self._settings[name]
 
     def teacher(self, setting: str, kind: str) -> ConvNet:
-        key = (setting, kind)
+        teacher = teacher_config(self.config, setting, kind)
+        key = teacher.model_dump_json()
         if key not in self._teachers:
             began = time.perf_counter()
-            model = load_or_train_teacher(
-                teacher_config(self.config, setting, kind), self.config.teacher_cache(self.out), data=self.setting(setting)
-            )
+            model = load_or_train_teacher(teacher, self.config.teacher_cache(self.out), data=self.setting(setting))
             self._teachers[key] = model
             self.say(f"teacher {kind} on {setting} ready ({time.perf_counter() - began:.1f} s)")
         return self._teachers[key]
@@ -423,96 +436,143 @@ def _synthesizer(ctx: _Context, spec: RunSpec, teacher: ConvNet, student: ConvNe
     from dfkd_guard.adapters.vanilla import VanillaSynthesizer
 
     c = ctx.config
+    shape = (3, c.image_size, c.image_size)
     if spec.adapter == "vanilla":
-        return VanillaSynthesizer(teacher, student, Generator(c.latent_dim, c.generator_width), c.latent_dim, guard, c.vanilla)
+        generator = Generator(c.latent_dim, c.generator_width, img_size=c.image_size)
+        return VanillaSynthesizer(teacher, student, generator, c.latent_dim, guard, c.vanilla, image_shape=shape)
     if spec.adapter == "deepinversion":
-        return DeepInversionSynthesizer(teacher, student, guard, c.deepinversion)
+        return DeepInversionSynthesizer(teacher, student, guard, c.deepinversion, image_shape=shape)
     if spec.adapter == "cmi":
-        return CMISynthesizer(teacher, student, Generator(c.latent_dim, c.generator_width), c.latent_dim, guard, c.cmi)
+        generator = Generator(c.latent_dim, c.generator_width, img_size=c.image_size)
+        return CMISynthesizer(teacher, student, generator, c.latent_dim, guard, c.cmi, image_shape=shape)
     raise ValueError(f"unknown adapter {spec.adapter!r}")
 
 
-def _execute(ctx: _Context, spec: RunSpec, stream: TextIO | None) -> dict[str, Any]:
-    """Train one run and return its record (not yet written)."""
+def training_groups(config: BenchConfig) -> list[list[RunSpec]]:
+    """The runs of ``config`` grouped by the DFKD training they share, in table order.
+
+    An SL teacher is trained on the ID data alone, so it, and every student
+    distilled from it, is the same in every setting: the runs of an SL row
+    with the same adapter and seed share one training, evaluated on each
+    setting's test sets. Every other run is a group of its own.
+    """
+    groups: dict[tuple[Any, ...], list[RunSpec]] = {}
+    for spec in enumerate_runs(config):
+        shared = spec.teacher == "sl"
+        key = (spec.adapter, spec.row, spec.seed) if shared else (spec.setting, spec.adapter, spec.row, spec.seed)
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())
+
+
+def _execute(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list[dict[str, Any]]:
+    """Train the runs of one group (see :func:`training_groups`) once; one record per run (not yet written)."""
     from dfkd_guard.adapters.training import train
 
     config = ctx.config
-    teacher = ctx.teacher(spec.setting, spec.teacher)
-    probe = ctx.probe(spec.setting, spec.teacher)
-    id_images, ood_images, clean_images, labels = ctx.test_data(spec.setting)
+    first = group[0]
+    teacher = ctx.teacher(first.setting, first.teacher)
+    probes = {spec.setting: ctx.probe(spec.setting, spec.teacher) for spec in group}
+    tests = {spec.setting: ctx.test_data(spec.setting) for spec in group}
     began = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
+        torch.manual_seed(first.seed)
         student = ConvNet(config.student_widths, teacher.num_classes)
         recorder = _StepRecorder()
-        settings = run_config(config, spec)
-        guard = Guard(GuardConfig.model_validate(settings["guard"]), teacher, plugins=[recorder])
-        synthesizer = _synthesizer(ctx, spec, teacher, student, guard)
-        if spec.row == "ntl_oracle":
+        guard_config = GuardConfig.model_validate(run_config(config, first)["guard"])
+        guard = Guard(guard_config, teacher, plugins=[recorder])
+        synthesizer = _synthesizer(ctx, first, teacher, student, guard)
+        if first.row == "ntl_oracle":
             if synthesizer.bn_statistics is None:
-                raise ConfigError(f"{spec.adapter}.bn", "the oracle row replaces BN targets; it needs a BN weight > 0")
-            synthesizer.bn_statistics.targets = ctx.oracle_targets(spec.setting, spec.teacher)
+                raise ConfigError(f"{first.adapter}.bn", "the oracle row replaces BN targets; it needs a BN weight > 0")
+            synthesizer.bn_statistics.targets = ctx.oracle_targets(first.setting, first.teacher)
         seen = {"steps": 0}
 
         def latest_images() -> torch.Tensor:
             last = synthesizer.last_synthesis
-            return last.images if last is not None else torch.empty(0, 3, 32, 32)
+            return last.images if last is not None else torch.empty(0, 3, config.image_size, config.image_size)
 
         def evaluate() -> dict[str, float]:
-            metrics = prediction_metrics(
-                predict(student, id_images),
-                predict(student, ood_images),
-                labels,
-                predict(student, clean_images) if clean_images is not None else None,
-            )
             recent = recorder.steps[seen["steps"] :]
             seen["steps"] = len(recorder.steps)
-            metrics["flagged"] = sum(s.get("guard/forgotten", 0.0) for s in recent) / max(len(recent), 1)
             images = latest_images()
-            metrics["ood_share"] = probe.ood_share(images) if len(images) else math.nan
-            metrics["collapse"] = collapse_rate(predict(teacher, images), teacher.num_classes) if len(images) else math.nan
+            shared = {
+                "flagged": sum(s.get("guard/forgotten", 0.0) for s in recent) / max(len(recent), 1),
+                "collapse": collapse_rate(predict(teacher, images), teacher.num_classes) if len(images) else math.nan,
+            }
+            metrics: dict[str, float] = {}
+            for setting, (id_images, ood_images, clean_images, labels) in tests.items():
+                own = prediction_metrics(
+                    predict(student, id_images),
+                    predict(student, ood_images),
+                    labels,
+                    predict(student, clean_images) if clean_images is not None else None,
+                )
+                own["ood_share"] = probes[setting].ood_share(images) if len(images) else math.nan
+                metrics.update({f"{setting}/{k}": v for k, v in {**own, **shared}.items()})
             return metrics
 
+        budget = config.budgets[first.adapter]
         optimizer = torch.optim.Adam(student.parameters(), lr=config.student_lr)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, budget.iterations)
+            if config.student_schedule == "cosine"
+            else None
+        )
+        label = first.label() if len(group) == 1 else f"{first.adapter}/{ROW_LABELS[first.row]}/seed {first.seed}"
         try:
             result = train(
                 synthesizer,
                 optimizer,
-                config.iterations,
-                kd_steps=config.kd_steps,
+                budget.iterations,
+                kd_steps=budget.kd_steps,
+                scheduler=scheduler,
                 evaluate=evaluate,
-                evaluate_every=config.eval_every,
+                evaluate_every=budget.eval_every,
                 progress=stream if stream is not None else False,
-                log_every=max(config.iterations // 10, 1),
+                log_every=max(budget.iterations // 10, 1),
+                label=label,
             )
         finally:
             synthesizer.close()
         images = latest_images()
         histogram_guard = Guard(config.guard.model_copy(update={"enabled": True}), teacher)
         synthetic_scores = _scores(histogram_guard, images).tolist() if len(images) else []
-    evaluations = [{k: _finite_or_none(v) for k, v in metrics.items()} for _, metrics in result.evaluations]
-    curves: dict[str, list[float | None]] = {"iteration": [float(i) for i, _ in result.evaluations]}
-    for name in sorted({k for e in evaluations for k in e}):
-        curves[name] = [e.get(name) for e in evaluations]
-    return {
-        "run_id": run_id(config, spec),
-        "spec": {"setting": spec.setting, "adapter": spec.adapter, "row": spec.row, "seed": spec.seed},
-        "teacher_kind": spec.teacher,
-        "guarded": spec.guarded,
-        "config": settings,
-        "curves": curves,
-        "final": final_metrics(evaluations),
-        "seconds_per_iteration": _finite_or_none(result.seconds_per_iteration),
-        "skipped_synthesis": result.skipped,
-        "bn_prior": (
-            {"verdict": guard.bn_prior.verdict, "weights": guard.bn_prior.weights} if guard.bn_prior is not None else None
-        ),
-        "probe_train_accuracy": probe.train_accuracy,
-        "synthetic_scores": {"scorer": config.guard.scorer.name, "values": synthetic_scores},
-        "wall_seconds": time.perf_counter() - began,
-        "machine": reporting.machine_line(),
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    wall = time.perf_counter() - began
+    records = []
+    for spec in group:
+        prefix = f"{spec.setting}/"
+        evaluations = [
+            {k[len(prefix) :]: _finite_or_none(v) for k, v in metrics.items() if k.startswith(prefix)}
+            for _, metrics in result.evaluations
+        ]
+        curves: dict[str, list[float | None]] = {"iteration": [float(i) for i, _ in result.evaluations]}
+        for name in sorted({k for e in evaluations for k in e}):
+            curves[name] = [e.get(name) for e in evaluations]
+        records.append(
+            {
+                "run_id": run_id(config, spec),
+                "spec": {"setting": spec.setting, "adapter": spec.adapter, "row": spec.row, "seed": spec.seed},
+                "teacher_kind": spec.teacher,
+                "guarded": spec.guarded,
+                "config": run_config(config, spec),
+                "shared_training": [other.setting for other in group] if len(group) > 1 else None,
+                "curves": curves,
+                "final": final_metrics(evaluations),
+                "seconds_per_iteration": _finite_or_none(result.seconds_per_iteration),
+                "skipped_synthesis": result.skipped,
+                "bn_prior": (
+                    {"verdict": guard.bn_prior.verdict, "weights": guard.bn_prior.weights}
+                    if guard.bn_prior is not None
+                    else None
+                ),
+                "probe_train_accuracy": probes[spec.setting].train_accuracy,
+                "synthetic_scores": {"scorer": config.guard.scorer.name, "values": synthetic_scores},
+                "wall_seconds": wall,
+                "machine": reporting.machine_line(),
+                "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+    return records
 
 
 def run_bench(
@@ -521,6 +581,7 @@ def run_bench(
     *,
     progress: bool = True,
     train_progress: bool = False,
+    workers: int = 1,
 ) -> BenchSummary:
     """Run every run of ``config`` not already stored under ``out`` (default ``config.output_dir``).
 
@@ -528,9 +589,15 @@ def run_bench(
     the runs use and stored once. Finished runs are never retrained.
 
     :param progress: one line per run (and per teacher) on standard error.
-    :param train_progress: also the training loop's progress lines.
+    :param train_progress: also each run's training progress lines (labelled with the run).
+    :param workers: runs trained at once, each in its own process with one
+        torch thread (teachers are trained first, in this process). A run's
+        result does not depend on the number of workers: each run seeds itself,
+        and with one thread per process its arithmetic is the same.
     :returns: the ids of the runs trained now and of the runs skipped.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out or config.output_dir)
     preflight(config)
 
@@ -549,20 +616,51 @@ def run_bench(
             write_json_atomic(_teacher_record(ctx, setting, kind), path)
             say(f"teacher record {path.name} written")
     specs = enumerate_runs(config)
-    stream = sys.stderr if train_progress else None
-    for number, spec in enumerate(specs, start=1):
-        path = run_path(config, spec, out)
-        if path.exists():
-            summary.skipped.append(path.stem)
-            say(f"[{number}/{len(specs)}] {spec.label()}: finished before, skipped")
-            continue
-        record = _execute(ctx, spec, stream)
-        write_json_atomic(record, path)
-        summary.ran.append(path.stem)
-        iacc = record["final"].get("iacc")
-        say(
-            f"[{number}/{len(specs)}] {spec.label()}: IAcc {iacc if iacc is None else f'{iacc:.3f}'}, "
-            f"{record['wall_seconds']:.1f} s"
-        )
+    number = {spec: i for i, spec in enumerate(specs, start=1)}
+    pending: list[list[RunSpec]] = []
+    for group in training_groups(config):
+        paths = [run_path(config, spec, out) for spec in group]
+        if all(path.exists() for path in paths):
+            for spec, path in zip(group, paths):
+                summary.skipped.append(path.stem)
+                say(f"[{number[spec]}/{len(specs)}] {spec.label()}: finished before, skipped")
+        else:
+            pending.append(group)
+
+    def finish(group: list[RunSpec], records: list[dict[str, Any]]) -> None:
+        for spec, record in zip(group, records):
+            path = run_path(config, spec, out)
+            write_json_atomic(record, path)
+            summary.ran.append(path.stem)
+            iacc = record["final"].get("iacc")
+            say(
+                f"[{number[spec]}/{len(specs)}] {spec.label()}: IAcc {iacc if iacc is None else f'{iacc:.3f}'}, "
+                f"{record['wall_seconds']:.1f} s"
+            )
+
+    if workers == 1 or len(pending) <= 1:
+        stream = sys.stderr if train_progress else None
+        for group in pending:
+            finish(group, _execute(ctx, group, stream))
+    else:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
+        settings = (config.model_dump(mode="json"), str(out), train_progress)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=settings) as pool:
+            futures = {pool.submit(_execute_in_worker, group): group for group in pending}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
     summary.seconds = time.perf_counter() - began
     return summary
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(config: dict[str, Any], out: str, train_progress: bool) -> None:
+    torch.set_num_threads(1)
+    _WORKER["context"] = _Context(BenchConfig.model_validate(config), Path(out), lambda message: None)
+    _WORKER["stream"] = sys.stderr if train_progress else None
+
+
+def _execute_in_worker(group: list[RunSpec]) -> list[dict[str, Any]]:
+    return _execute(_WORKER["context"], group, _WORKER["stream"])

@@ -76,6 +76,8 @@ class TeacherConfig(BaseModel):
         alpha, beta: NTL weights of KL_t and MMD (Wang et al.: 0.1, 0.1).
         widths: teacher CNN stage widths.
         num_classes: number of logits.
+        image_size: side of the (square, RGB) training images (see
+            :func:`~dfkd_guard.bench.data.build_setting`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -92,6 +94,7 @@ class TeacherConfig(BaseModel):
     beta: float = Field(0.1, gt=0.0)
     widths: tuple[int, ...] = Field(TEACHER_WIDTHS, min_length=1)
     num_classes: int = Field(10, ge=2)
+    image_size: int = Field(32, ge=1, le=32)
 
     @model_validator(mode="after")
     def _backdoor_needs_backdoor_setting(self) -> TeacherConfig:
@@ -284,7 +287,9 @@ def load_or_train_teacher(
             architecture (the message names the file); it is left untouched.
     """
     if data is None:
-        data = build_setting(config.setting, config.data_seed, target_class=config.target_class)
+        data = build_setting(
+            config.setting, config.data_seed, target_class=config.target_class, image_size=config.image_size
+        )
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = teacher_cache_key(config, data)

@@ -43,8 +43,10 @@ def main() -> None:
     teacher = ConvNet((8, 16, 32))
     teacher.load_state_dict(torch.load(args.teacher, weights_only=True))
     plugins = [KillAt(args.kill_at)] if args.kill_at >= 0 else []
-    # a 3-batch BN-prior warm-up: the verdict and the fitted weights fall inside the run and must survive a resume
-    config = GuardConfig(scorer={"name": "atesc", "params": {"steps": 1}}, bn_prior={"warmup_batches": 3})
+    # a short BN-prior warm-up: the verdict and the fitted weights fall inside the run and must survive a resume
+    config = GuardConfig(
+        scorer={"name": "atesc", "params": {"steps": 1}}, bn_prior={"skip_batches": 2, "warmup_batches": 3}
+    )
     guard = Guard(config, teacher.eval(), plugins=plugins, load_entrypoints=False)
     synthesizer, optimizer, scheduler = make_adapter(args.adapter, teacher, guard)
     train(synthesizer, optimizer, ITERATIONS, kd_steps=2, scheduler=scheduler, checkpoint_path=args.checkpoint,

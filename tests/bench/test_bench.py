@@ -68,6 +68,12 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
     assert {"iacc", "oacc", "oagr", "asr", "asr_minus_clean", "ood_share", "collapse", "flagged"} <= set(record["final"])
     assert len(record["synthetic_scores"]["values"]) == config.cmi.batch_size
 
+    # The SL teacher sees only MNIST, the same in every setting: one training serves the SL row of all three.
+    sl = [json.loads(p.read_text()) for p in runs if "-vanilla-sl-seed" in p.name]
+    assert len(sl) == 3 and all(r["shared_training"] == list(config.settings) for r in sl)
+    assert len({json.dumps(r["curves"]["iacc"]) for r in sl}) == 1
+    assert {r["spec"]["setting"] for r in sl} == set(config.settings)
+
     # A rerun trains nothing: every run file stays as it was, the report is rewritten.
     mtimes = {p: p.stat().st_mtime_ns for p in runs}
     capsys.readouterr()
@@ -135,11 +141,11 @@ def test_config_files_and_names_checked_before_training(tmp_path, capsys) -> Non
     assert BenchConfig.from_file(good).model_dump() == BenchConfig.from_mapping(json.loads(config.model_dump_json())).model_dump()
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"eval_every": 0}))
-    with pytest.raises(ConfigError, match="bad.json: eval_every"):
+    bad.write_text(json.dumps({"budgets": {"vanilla": {"iterations": 10, "kd_steps": 1, "eval_every": 0}}}))
+    with pytest.raises(ConfigError, match="bad.json: budgets.vanilla.eval_every"):
         BenchConfig.from_file(bad)
     assert main(["bench", "--config", str(bad), "--out", str(tmp_path / "never")]) == 2
-    assert "eval_every" in capsys.readouterr().err and not (tmp_path / "never").exists()
+    assert "budgets.vanilla.eval_every" in capsys.readouterr().err and not (tmp_path / "never").exists()
 
     with pytest.raises(ConfigError) as info:
         preflight(BenchConfig.tiny(guard={"scorer": "no_such_scorer"}))
@@ -156,7 +162,7 @@ def test_run_ids_are_stable_and_follow_the_run_config() -> None:
     assert run_id(config, spec).startswith("backdoor-vanilla-ntl_guard-seed0-")
     assert run_id(config.updated(output_dir="elsewhere"), spec) == run_id(config, spec)
     changed = {
-        run_id(config.updated(iterations=3), spec),
+        run_id(config.updated(budgets={"vanilla": {"iterations": 3, "kd_steps": 1, "eval_every": 1}}), spec),
         run_id(config.updated(guard={"scorer": "energy"}), spec),
         run_id(config.updated(teacher_steps=21), spec),
         run_id(config, RunSpec("backdoor", "vanilla", "ntl_guard", 1)),
@@ -172,3 +178,23 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(DfkdGuardError, match=r"dfkd-guard\[bench\]"):
         require_matplotlib()
+
+
+def test_parallel_workers_give_the_same_runs_and_the_oracle_row_runs(tmp_path) -> None:
+    from dfkd_guard.bench.runner import run_bench
+
+    config = BenchConfig.tiny(
+        settings=["rotated_mnist"], adapters={"rotated_mnist": ["vanilla"]}, rows=["ntl", "ntl_oracle", "ntl_guard"]
+    )
+    finals = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        summary = run_bench(config, out, progress=False, workers=workers)
+        assert len(summary.ran) == 3
+        finals[workers] = {
+            p.name: json.loads(p.read_text())["final"] for p in sorted((out / "runs").glob("*.json"))
+        }
+    assert finals[1] == finals[2]
+    oracle = next(v for k, v in finals[1].items() if "-ntl_oracle-" in k)
+    plain = next(v for k, v in finals[1].items() if "-ntl-" in k)
+    assert oracle != plain  # the oracle's BN targets changed the synthesis

@@ -1,0 +1,118 @@
+"""One vanilla DFKD run with every knob on the command line: the tuning tool behind the bench defaults.
+
+Trains (or loads from ``--cache``) a teacher of the given kind and widths on
+the close-set setting, runs vanilla DFKD (DFQ terms) and prints, every
+``--eval`` iterations, the student's IAcc on 2000 real MNIST test digits, the
+synthetic OOD share (linear probe on the teacher's features) and the class
+collapse of the latest synthetic batch, and the guard's BN-prior verdict.
+
+Examples (the runs quoted in ``docs/adapters.md`` and ``docs/bn_prior.md``)::
+
+    python scripts/experiments/vanilla_recipe.py --student 8,16,32 --generator-eval
+    python scripts/experiments/vanilla_recipe.py --kind ntl --guard '{}'
+    python scripts/experiments/vanilla_recipe.py --kind ntl --oracle
+
+Not part of the library: the bench (``dfkd-guard bench``) is the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dfkd_guard import Guard, GuardConfig
+from dfkd_guard.adapters.training import train
+from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesizer
+from dfkd_guard.bench.data import build_setting
+from dfkd_guard.bench.metrics import OodProbe, collapse_rate, predict
+from dfkd_guard.bench.models import ConvNet, Generator
+from dfkd_guard.bench.teachers import TeacherConfig, load_or_train_teacher
+from dfkd_guard.bn_prior import FixedBNTargets
+
+
+def widths(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kind", default="sl", choices=["sl", "ntl", "ntl_backdoor"])
+    p.add_argument("--setting", default="mnist_m")
+    p.add_argument("--teacher", type=widths, default=(16, 32, 64), help="teacher widths")
+    p.add_argument("--student", type=widths, default=(16, 32, 64), help="student widths")
+    p.add_argument("--generator-width", type=int, default=8)
+    p.add_argument("--latent", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--kd-steps", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--student-lr", type=float, default=3e-3)
+    p.add_argument("--constant-lr", action="store_true", help="no cosine decay of the student lr")
+    p.add_argument("--generator-lr", type=float, default=1e-2)
+    p.add_argument("--bn", type=float, default=10.0)
+    p.add_argument("--guard", default="", help="GuardConfig as JSON ('{}' = the default guard); empty = no guard")
+    p.add_argument("--oracle", action="store_true", help="BN targets measured on real ID train images")
+    p.add_argument("--generator-eval", action="store_true", help="draw student batches with G in eval mode")
+    p.add_argument("--teacher-steps", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=16)
+    p.add_argument("--eval", type=int, default=100)
+    p.add_argument("--cache", type=Path, default=Path("/tmp/dfkd-guard-recipe/teachers"))
+    a = p.parse_args()
+    torch.set_num_threads(1)
+
+    data = build_setting(a.setting, 0, image_size=a.image_size)
+    teacher_config = TeacherConfig(
+        kind=a.kind, setting=a.setting, steps=a.teacher_steps, widths=a.teacher, image_size=a.image_size
+    )
+    teacher = load_or_train_teacher(teacher_config, a.cache, data=data)
+    probe = OodProbe(teacher.features, data.id_train.images[:2000], data.ood_train.images[:2000])
+    torch.manual_seed(a.seed)
+    student = ConvNet(a.student, 10)
+    guard = Guard(GuardConfig.model_validate(json.loads(a.guard)) if a.guard else GuardConfig(enabled=False), teacher)
+    config = VanillaConfig(**{**PRESETS["dfq"], "bn": a.bn}, batch_size=a.batch, generator_lr=a.generator_lr)
+    synthesizer = VanillaSynthesizer(
+        teacher, student, Generator(a.latent, a.generator_width, img_size=a.image_size), a.latent, guard, config,
+        image_shape=(3, a.image_size, a.image_size),
+    )
+    if a.generator_eval:
+        draw = synthesizer._images
+        synthesizer._images = lambda batch, train=True: draw(batch, train=False)  # type: ignore[method-assign]
+    if a.oracle:
+        synthesizer.bn_statistics.targets = FixedBNTargets.measure(teacher, data.id_train.images[:2000])  # type: ignore[union-attr]
+    images, labels = data.id_test.images[:2000], data.id_test.labels[:2000]
+    began = time.time()
+
+    def evaluate() -> dict[str, float]:
+        batch = synthesizer.last_synthesis.images  # type: ignore[union-attr]
+        metrics = {
+            "iacc": float((predict(student, images) == labels).float().mean()),
+            "ood_share": probe.ood_share(batch),
+            "collapse": collapse_rate(predict(teacher, batch), 10),
+        }
+        prior = guard.bn_prior
+        prior = f" | BN prior {prior.verdict} a={prior.weights} sep={prior.separation}" if prior is not None else ""
+        shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        print(f"{len(result_evals) * a.eval + a.eval:5d} | {shown}{prior} | {time.time() - began:.0f} s", flush=True)
+        result_evals.append(metrics)
+        return metrics
+
+    result_evals: list[dict[str, float]] = []
+    optimizer = torch.optim.Adam(student.parameters(), lr=a.student_lr)
+    scheduler = None if a.constant_lr else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, a.iterations)
+    result = train(
+        synthesizer, optimizer, a.iterations, kd_steps=a.kd_steps, scheduler=scheduler,
+        evaluate=evaluate, evaluate_every=a.eval, progress=False,
+    )
+    last = result_evals[-3:]
+    print(
+        f"{vars(a)}\nmean of the last 3 evaluations: IAcc {sum(e['iacc'] for e in last) / len(last):.3f}, "
+        f"OOD share {sum(e['ood_share'] for e in last) / len(last):.3f}; {result.seconds_per_iteration:.3f} s/it"
+    )
+
+
+if __name__ == "__main__":
+    main()
