@@ -147,8 +147,8 @@ class Synthesizer(ABC):
         return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
 
     def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """OOD scores of a batch, or NaN for every sample when the guard is off."""
-        if not self.guard.enabled:
+        """OOD scores of a batch, or NaN for every sample when the guard is off or needs no scores."""
+        if not self.guard.scores_needed:
             return torch.full((images.shape[0],), float("nan"), device=images.device)
         return self.guard.score(images, logits)
 

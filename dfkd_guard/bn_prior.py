@@ -15,8 +15,10 @@ samples. :class:`BNPrior` replaces those targets without real data:
    synthetic batches (while synthesis has not yet settled on the teacher's
    prior, its samples say nothing about it), for ``warmup_batches`` more
    batches, it keeps an exponential moving average of the per-channel mean
-   and second moment of each BN layer's input over the guard's OOD-like
-   samples and over its ID-like samples, separately. Then the estimate is
+   and second moment of each BN layer's input over the OOD-like samples and
+   over the ID-like samples of each batch, separately (cut by ``split``, a
+   rule of the ``split`` weighting applied to the guard's scores, whatever
+   weighting the student uses). Then the estimate is
    frozen, so the targets cannot drift back to the mixture once synthesis
    has left the OOD region.
 2. *Calibrate*: the separation of the two groups per layer,
@@ -58,6 +60,8 @@ from typing import Any, Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from dfkd_guard.weightings import SplitParams, ood_mask
 
 __all__ = ["BNPrior", "BNPriorConfig", "BNTargets", "FixedBNTargets", "Verdict", "batchnorm_layers", "layer_moments"]
 
@@ -151,6 +155,7 @@ class BNPriorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     demix: bool = Field(default=True, description="estimate and remove the OOD component of the BN prior (and calibrate)")
+    split: SplitParams = Field(default_factory=SplitParams, description="how a scored batch is cut into ID-like and OOD-like samples (default: two-means on the scores)")
     estimate: Literal["id_group", "fitted", "fixed"] = Field(default="id_group", description="corrected targets: the ID-like group's moments, or de-mixing with a fitted or fixed mixture weight")
     fixed_weight: float = Field(default=0.5, gt=0.0, le=1.0, description="mixture weight a of estimate 'fixed'")
     ntl_separation: float = Field(default=0.1, ge=0.0, description="mean squared effect size between the groups at or above which the teacher is NTL-like")

@@ -133,9 +133,14 @@ class GuardConfig(FileConfig):
 
     enabled: bool = Field(default=True, description="False: score nothing, weight 1 everywhere, no penalty")
     scorer: ComponentChoice = Field(default=ComponentChoice(name="atesc"), description="OOD scorer")
-    weighting: ComponentChoice = Field(default=ComponentChoice(name="split"), description="sample weighting")
+    weighting: ComponentChoice = Field(
+        default=ComponentChoice(name="none"),
+        description="sample weighting; default 'none': with BN-prior de-mixing, the student-side split lowered IAcc (docs/bn_prior.md)",
+    )
     penalties: tuple[PenaltyChoice, ...] = Field(default=(), description="generator penalties, summed")
-    forget: ForgetConfig = Field(default_factory=ForgetConfig, description="forgetting term")
+    forget: ForgetConfig = Field(
+        default_factory=lambda: ForgetConfig(kind="none"), description="forgetting term (default none, see weighting)"
+    )
     kd_temperature: float = Field(default=1.0, gt=0.0, description="tau of KL(T/tau || S/tau) * tau^2")
     bn_prior: BNPriorConfig = Field(
         default_factory=BNPriorConfig, description="BN-prior de-mixing and calibration (adapters that match BN statistics)"

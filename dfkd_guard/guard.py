@@ -35,6 +35,7 @@ from dfkd_guard.losses import student_loss
 from dfkd_guard.plugins import PluginRegistry
 from dfkd_guard.sample_weights import SampleWeights
 from dfkd_guard.teacher_state import quiet_teacher
+from dfkd_guard.weightings import ood_mask
 
 __all__ = ["Guard"]
 
@@ -43,6 +44,12 @@ def _check_images(images: torch.Tensor, name: str = "images") -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         got = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a float tensor (B, C, H, W), got {got}")
+
+
+def _check_scores(scores: torch.Tensor) -> None:
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 1:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a float tensor (B,), got {got}")
 
 
 def _check_logits(logits: torch.Tensor, batch: int | None, name: str = "logits") -> None:
@@ -108,6 +115,23 @@ class Guard:
         """False when the config turns the guard off: every sample kept, no penalty."""
         return self.config.enabled
 
+    @property
+    def scores_needed(self) -> bool:
+        """Whether scoring a batch can still change anything.
+
+        False when the guard is off, or when the BN prior (fed by an adapter)
+        has finished its warm-up and either judged the teacher ordinary (every
+        sample is kept) or the weighting is ``none``. Adapters skip scoring
+        then, which makes the guard's cost after the warm-up that of its
+        corrected BN targets alone; score observers see no more batches.
+        """
+        if not self.enabled:
+            return False
+        prior = self.bn_prior
+        if prior is None or not self._bn_observed or prior.observing:
+            return True
+        return prior.correcting and self.resolved.weighting.name != "none"
+
     # -- scoring -----------------------------------------------------------
 
     def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,9 +190,12 @@ class Guard:
         :param logits: the teacher's (B, K) logits on the batch.
         :returns: :class:`SampleWeights`; every sample kept when the guard is disabled.
         """
-        weights = self.split(scores, logits)
         if self._bn_observed and self.bn_prior is not None and not self.bn_prior.correcting:
+            _check_scores(scores)
+            _check_logits(logits, scores.shape[0])
             weights = SampleWeights.keep_all(scores.shape[0], scores.device)
+        else:
+            weights = self.split(scores, logits)
         if self.enabled:
             self.registry.notify("dfkd_guard_batch_weighted", weighting=self.resolved.weighting.name, scores=scores, weights=weights)
         return weights
@@ -180,9 +207,7 @@ class Guard:
         :param logits: the teacher's (B, K) logits on the batch.
         :raises PluginError: the weighting raised or broke the contract.
         """
-        if not isinstance(scores, torch.Tensor) or scores.ndim != 1:
-            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-            raise ValueError(f"scores must be a float tensor (B,), got {got}")
+        _check_scores(scores)
         batch = scores.shape[0]
         _check_logits(logits, batch)
         if not self.enabled:
@@ -202,10 +227,11 @@ class Guard:
     # -- BN prior ----------------------------------------------------------
 
     def observe_bn(self, inputs: Sequence[torch.Tensor], scores: torch.Tensor, logits: torch.Tensor) -> None:
-        """Feed the BN prior one scored batch: its BN-layer inputs and the guard's split.
+        """Feed the BN prior one scored batch: its BN-layer inputs and the OOD-like side of its scores.
 
-        Samples with a split KD weight below 0.5 count as OOD-like. A no-op
-        when de-mixing is off or the warm-up is over (no extra forward either way).
+        The cut is ``config.bn_prior.split`` (independent of the student's
+        weighting). A no-op when de-mixing is off or the warm-up is over (no
+        extra forward either way).
 
         :param inputs: per BN layer of the teacher (module order), the layer's
             input on the batch, float (B, C, ...), as the adapter's BN hooks recorded it.
@@ -216,7 +242,8 @@ class Guard:
             return
         self._bn_observed = True
         if self.bn_prior.observing:
-            self.bn_prior.observe(inputs, self.split(scores, logits).kd < 0.5)
+            _check_logits(logits, scores.shape[0])
+            self.bn_prior.observe(inputs, ood_mask(scores.detach(), self.config.bn_prior.split))
 
     def state_dict(self) -> dict[str, Any]:
         """The guard's run state (the BN prior's estimate), plain tensors and data."""

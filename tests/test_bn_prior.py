@@ -144,7 +144,10 @@ class TwoLayer(nn.Module):
 def test_the_guard_calibrates_forgetting_by_the_verdict(a: float, verdict: str, caplog) -> None:
     teacher = TwoLayer(a).eval()
     two_domains = verdict == "ntl-like"
-    guard = Guard(GuardConfig(scorer="msp", bn_prior={"skip_batches": 0, "warmup_batches": 10, "momentum": 0.5}), teacher, load_entrypoints=False)
+    config = GuardConfig(
+        scorer="msp", weighting="split", bn_prior={"skip_batches": 0, "warmup_batches": 10, "momentum": 0.5}
+    )
+    guard = Guard(config, teacher, load_entrypoints=False)
     generator = torch.Generator().manual_seed(0)
     ood = torch.arange(32) % 2 == 0
     scores = ood.float() + 0.01 * torch.rand(32, generator=generator)  # OOD-like samples score high
@@ -159,6 +162,21 @@ def test_the_guard_calibrates_forgetting_by_the_verdict(a: float, verdict: str, 
     assert guard.sample_weights(scores, logits).forgotten_fraction == (0.5 if verdict == "ntl-like" else 0.0)
     assert {"ntl-like": "NTL-like teacher", "ordinary": "ordinary teacher"}[verdict] in caplog.text
     assert f"bn_prior={verdict}" in repr(guard)
+    # after the warm-up, scores only matter while an NTL-like teacher's batches are split
+    assert guard.scores_needed == (verdict == "ntl-like")
+
+
+def test_no_scores_are_needed_after_the_warm_up_when_the_weighting_ignores_them() -> None:
+    teacher = TwoLayer(0.4).eval()
+    config = GuardConfig(scorer="msp", weighting="none", bn_prior={"skip_batches": 0, "warmup_batches": 3})
+    guard = Guard(config, teacher, load_entrypoints=False)
+    generator = torch.Generator().manual_seed(0)
+    ood = torch.arange(32) % 2 == 0
+    scores, logits = ood.float(), torch.randn(32, 10, generator=generator)
+    for _ in range(3):
+        assert guard.scores_needed
+        guard.observe_bn([batch(ood, generator)], scores, logits)
+    assert guard.bn_prior is not None and guard.bn_prior.correcting and not guard.scores_needed
 
 
 def test_demix_off_or_guard_off_has_no_prior() -> None:

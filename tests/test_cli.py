@@ -28,7 +28,7 @@ def test_plugins_names_a_module_that_does_not_import(capsys) -> None:
 
 def test_check_config_prints_the_resolved_config(tmp_path, capsys) -> None:
     path = tmp_path / "guard.toml"
-    path.write_text('[scorer]\nname = "energy"\nparams = { ood_when = "confident" }\n')
+    path.write_text('weighting = "split"\n[scorer]\nname = "energy"\nparams = { ood_when = "confident" }\n')
     assert main(["check-config", str(path)]) == 0
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["scorer"] == {"name": "energy", "params": {"ood_when": "confident", "temperature": 1.0}}

@@ -51,8 +51,10 @@ def test_toml_and_json_files_give_the_same_guard(tmp_path, teacher) -> None:
 def test_shorthand_names_and_defaults() -> None:
     config = GuardConfig(scorer="energy")
     assert config.scorer.name == "energy" and config.scorer.params == {}
-    assert GuardConfig().scorer.name == "atesc" and GuardConfig().weighting.name == "split"
-    assert GuardConfig().penalties == () and GuardConfig().forget.kind == "uniform"
+    # defaults: atesc scores drive the BN-prior de-mixing; no student-side split or forgetting (docs/bn_prior.md)
+    assert GuardConfig().scorer.name == "atesc" and GuardConfig().weighting.name == "none"
+    assert GuardConfig().penalties == () and GuardConfig().forget.kind == "none"
+    assert GuardConfig().bn_prior.demix and GuardConfig().bn_prior.estimate == "id_group"
 
 
 @pytest.mark.parametrize(

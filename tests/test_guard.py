@@ -260,6 +260,7 @@ def test_input_validation_messages(teacher) -> None:
 
 
 def test_repr_lists_components_and_parameters(teacher) -> None:
-    text = repr(Guard({"scorer": {"name": "atesc", "params": {"steps": 5}}}, teacher, load_entrypoints=False))
+    config = {"scorer": {"name": "atesc", "params": {"steps": 5}}, "weighting": "split"}
+    text = repr(Guard(config, teacher, load_entrypoints=False))
     assert "scorer=atesc(" in text and "steps=5" in text and "weighting=split(rule='two_means'" in text
 

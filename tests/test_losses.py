@@ -55,7 +55,7 @@ def test_student_loss_is_finite_on_saturated_teacher_logits(teacher) -> None:
 def test_all_weights_zero_gives_only_the_forgetting_term(teacher) -> None:
     s = torch.randn(3, 4)
     w = SampleWeights(torch.zeros(3), torch.ones(3, dtype=torch.bool))
-    loss = Guard(None, teacher, load_entrypoints=False).student_loss(s, torch.randn(3, 4), w)
+    loss = Guard({"forget": {"kind": "uniform"}}, teacher, load_entrypoints=False).student_loss(s, torch.randn(3, 4), w)
     torch.testing.assert_close(loss, uniform_divergence(s).mean())
 
 

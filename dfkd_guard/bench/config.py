@@ -35,6 +35,7 @@ reaches the accuracy targets is still to be measured (see each field).
 from __future__ import annotations
 
 from pathlib import Path
+import re
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -46,28 +47,37 @@ from dfkd_guard.config import FileConfig, GuardConfig
 
 from .data import SETTINGS, SettingName
 
-__all__ = ["ADAPTERS", "ROWS", "ROW_LABELS", "AdapterName", "BenchConfig", "Budget", "RowName"]
+__all__ = ["ADAPTERS", "ROWS", "AdapterName", "BenchConfig", "Budget", "RowName", "row_label"]
 
 AdapterName = Literal["vanilla", "deepinversion", "cmi"]
 ADAPTERS: tuple[str, ...] = get_args(AdapterName)
 
 RowName = Literal["sl", "ntl", "ntl_guard", "sl_guard", "ntl_oracle"]
 ROWS: tuple[str, ...] = get_args(RowName)
-#: How the report names each teacher row.
-ROW_LABELS: dict[str, str] = {
+_ROW_LABELS: dict[str, str] = {
     "sl": "SL",
     "ntl": "NTL",
     "ntl_guard": "NTL + guard",
     "sl_guard": "SL + guard",
     "ntl_oracle": "NTL + oracle BN (not data-free)",
 }
+#: A guarded row with a named guard variant: ``ntl_guard@<variant>`` or ``sl_guard@<variant>``.
+_VARIANT_ROW = re.compile(r"^(ntl|sl)_guard@([A-Za-z0-9_]+)$")
+
+
+def row_label(row: str) -> str:
+    """How the report names a teacher row (``ntl_guard@fixed``: ``NTL + guard [fixed]``)."""
+    match = _VARIANT_ROW.match(row)
+    if match:
+        return f"{_ROW_LABELS[match.group(1) + '_guard']} [{match.group(2)}]"
+    return _ROW_LABELS[row]
 
 #: The built-in scorers whose AUROC the report tabulates by default.
 BUILTIN_SCORERS: tuple[str, ...] = ("atesc", "msp", "energy", "entropy", "odin", "bn_deviation")
 
 _DEFAULT_ADAPTERS: dict[str, tuple[str, ...]] = {
     "mnist_m": ADAPTERS,
-    "rotated_mnist": ADAPTERS,
+    "rotated_mnist": ("vanilla",),
     "backdoor": ADAPTERS,
     "fashion": ("vanilla",),
 }
@@ -79,11 +89,12 @@ def _default_vanilla() -> VanillaConfig:
 
 
 def _default_deepinversion() -> DeepInversionConfig:
-    return DeepInversionConfig(batch_size=64, student_batch_size=64, iterations=20, pool_size=4096)
+    # digits are not mirror-symmetric: no flip; 1-pixel jitter at 16x16
+    return DeepInversionConfig(batch_size=64, student_batch_size=64, iterations=20, pool_size=4096, flip=False, jitter=1)
 
 
 def _default_cmi() -> CMIConfig:
-    return CMIConfig(batch_size=64, student_batch_size=64, iterations=20, pool_size=4096)
+    return CMIConfig(batch_size=64, student_batch_size=64, iterations=20, pool_size=4096, flip=False)
 
 
 class Budget(BaseModel):
@@ -97,9 +108,9 @@ class Budget(BaseModel):
 
 
 _DEFAULT_BUDGETS: dict[str, Budget] = {
-    "vanilla": Budget(iterations=2000, kd_steps=3, eval_every=100),
-    "deepinversion": Budget(iterations=300, kd_steps=10, eval_every=30),
-    "cmi": Budget(iterations=300, kd_steps=10, eval_every=30),
+    "vanilla": Budget(iterations=2000, kd_steps=3, eval_every=200),
+    "deepinversion": Budget(iterations=200, kd_steps=10, eval_every=20),
+    "cmi": Budget(iterations=200, kd_steps=10, eval_every=20),
 }
 
 
@@ -110,14 +121,15 @@ class BenchConfig(FileConfig):
 
     settings: tuple[SettingName, ...] = Field(default=SETTINGS, min_length=1, description="settings (table row groups), in report order")
     adapters: dict[SettingName, tuple[AdapterName, ...]] = Field(default_factory=lambda: dict(_DEFAULT_ADAPTERS), description="adapters run in each setting; every selected setting needs a non-empty entry")
-    rows: tuple[RowName, ...] = Field(default=("sl", "ntl", "ntl_guard", "sl_guard"), min_length=1, description="teacher rows: sl, ntl (ntl_backdoor in 'backdoor'), and each with the guard")
+    rows: tuple[str, ...] = Field(default=("sl", "ntl", "ntl_guard", "sl_guard", "ntl_oracle"), min_length=1, description="teacher rows: sl, ntl (ntl_backdoor in 'backdoor'), each with the guard, ntl_oracle (BN targets from real ID data, not data-free), and ntl_guard@<variant> / sl_guard@<variant> with a guard of guard_variants")
+    guard_variants: dict[str, GuardConfig] = Field(default_factory=dict, validate_default=True, description="named guard configs for rows ntl_guard@<name> and sl_guard@<name> (the ablation)")
     seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1, description="DFKD seeds per row (student, generator, synthesis); >= 3 for the published table")
     budgets: dict[AdapterName, Budget] = Field(default_factory=lambda: dict(_DEFAULT_BUDGETS), description="per adapter: iterations, student steps per iteration, evaluation spacing (adapters not given keep their defaults)")
     student_lr: float = Field(default=3e-3, gt=0, description="Adam learning rate of the student")
     student_schedule: Literal["constant", "cosine"] = Field(default="cosine", description="student learning rate over the run: constant, or cosine decay to 0")
     vanilla: VanillaConfig = Field(default_factory=_default_vanilla, description="vanilla adapter: DFQ terms, bn 10, generator lr 1e-2 (DESIGN 7)")
-    deepinversion: DeepInversionConfig = Field(default_factory=_default_deepinversion, description="DeepInversion, CPU scale: batch 64, 20 pixel steps per round (to be tuned)")
-    cmi: CMIConfig = Field(default_factory=_default_cmi, description="CMI, CPU scale: batch 64, 20 generator steps per round (to be tuned)")
+    deepinversion: DeepInversionConfig = Field(default_factory=_default_deepinversion, description="DeepInversion, CPU scale: batch 64, 20 pixel steps per round, no flip")
+    cmi: CMIConfig = Field(default_factory=_default_cmi, description="CMI, CPU scale: batch 64, 20 generator steps per round")
     image_size: int = Field(default=16, ge=4, le=32, description="side of the benchmark images: 32, or 16 (32x32 averaged over 2x2 squares; about 5x faster DFKD)")
     latent_dim: int = Field(default=64, ge=1, description="latent size of the vanilla and CMI generators")
     generator_width: int = Field(default=8, ge=1, description="base_channels of the generators")
@@ -134,6 +146,7 @@ class BenchConfig(FileConfig):
     probe_images: int = Field(default=2000, ge=2, description="real ID and OOD train images the linear OOD probe is fitted on, per teacher")
     test_images: int | None = Field(default=None, ge=1, description="cap on the ID and OOD test images of each evaluation; None = all")
     output_dir: Path = Field(default=Path("runs/bench"), description="where runs/, plots/ and report.md go (the CLI's --out overrides)")
+    report_name: str = Field(default="report", pattern=r"^[A-Za-z0-9_-]+$", description="the report is <output_dir>/<report_name>.md with plots in <output_dir>/<report_name>-plots/ ('report': plots/); several configs can share one output_dir and its stored runs")
     teacher_cache_dir: Path | None = Field(default=None, description="trained teacher cache; None = <output_dir>/teachers")
 
     @field_validator("image_size")
@@ -141,6 +154,26 @@ class BenchConfig(FileConfig):
     def _divides_32(cls, value: int) -> int:
         if 32 % value or value % 4:
             raise ValueError(f"must divide 32 and be a multiple of 4 (the generator upsamples twice), got {value}")
+        return value
+
+    @field_validator("rows")
+    @classmethod
+    def _known_rows(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for row in value:
+            if row not in ROWS and not _VARIANT_ROW.match(row):
+                raise ValueError(f"unknown row {row!r}: use one of {', '.join(ROWS)}, or ntl_guard@<variant>")
+        return value
+
+    @field_validator("guard_variants")
+    @classmethod
+    def _variants_of_rows(cls, value: dict[str, GuardConfig], info: ValidationInfo) -> dict[str, GuardConfig]:
+        for row in info.data.get("rows", ()):
+            match = _VARIANT_ROW.match(row)
+            if match and match.group(2) not in value:
+                raise ValueError(f"row {row!r} names variant {match.group(2)!r}, which guard_variants does not define")
+        for name, guard in value.items():
+            if not guard.enabled:
+                raise ValueError(f"variant {name!r}: enabled is false")
         return value
 
     @field_validator("seeds", "auroc_scorers", "settings", "rows")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from dfkd_guard.errors import DfkdGuardError
 
 from . import reporting
-from .config import ROW_LABELS, BenchConfig
+from .config import BenchConfig, row_label
 from .runner import enumerate_runs, ntl_kind, run_path, teacher_kind, teacher_record_path
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def main_table(rows: list[RowSummary]) -> str:
     header = ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["s/it", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(COLUMNS) + 2)]
     for r in rows:
-        cells = [r.setting, r.adapter, ROW_LABELS[r.row]]
+        cells = [r.setting, r.adapter, row_label(r.row)]
         cells += [format_stat(r.values(metric)) for metric, _ in COLUMNS]
         cells += [format_stat(r.seconds_per_iteration()), f"{len(r.records)}/{r.expected}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -209,7 +209,7 @@ def _curves_figure(rows: list[RowSummary], setting: str, metrics: Sequence[tuple
                     continue
                 xs, ys = r.mean_curve(metric)
                 if xs:
-                    ax.plot(xs, ys, marker="o" if len(xs) < 10 else None, label=ROW_LABELS[r.row])
+                    ax.plot(xs, ys, marker="o" if len(xs) < 10 else None, label=row_label(r.row))
             ax.set_title(adapter)
             ax.set_ylabel(title)
             ax.set_xlabel("DFKD iteration")
@@ -230,7 +230,7 @@ def _scores_figure(setting: str, rows: list[RowSummary], teachers: list[dict[str
             values = [
                 v
                 for r in rows
-                if teacher_kind(r.row, setting) == kind and r.row.endswith("_guard") == guarded
+                if teacher_kind(r.row, setting) == kind and ("_guard" in r.row) == guarded
                 for rec in r.records
                 for v in rec["synthetic_scores"]["values"]
             ]
@@ -297,7 +297,7 @@ def write_report(
     load: str | None = None,
     plots: bool = True,
 ) -> Path:
-    """Write ``<out>/report.md`` and the plots from the runs stored under ``out``.
+    """Write ``<out>/<report_name>.md`` and its plots from the runs stored under ``out``.
 
     :param command: the command that reproduces the benchmark (shown in the report).
     :param started: when the benchmark began (UTC), for the date and machine lines.
@@ -313,7 +313,8 @@ def write_report(
     done = sum(len(r.records) for r in rows)
     expected = sum(r.expected for r in rows)
     if plots:
-        plot_lines = "\n".join(f"![{p.stem}](plots/{p.name})" for p in write_plots(config, rows, teachers, out / "plots"))
+        folder = "plots" if config.report_name == "report" else f"{config.report_name}-plots"
+        plot_lines = "\n".join(f"![{p.stem}]({folder}/{p.name})" for p in write_plots(config, rows, teachers, out / folder))
     else:
         plot_lines = "Not drawn: matplotlib is not installed (`pip install 'dfkd-guard[bench]'`)."
     text = (
@@ -333,7 +334,7 @@ def write_report(
         "## Configuration\n\n"
         f"```json\n{json.dumps(config.model_dump(mode='json'), indent=2)}\n```\n"
     )
-    path = out / "report.md"
+    path = out / f"{config.report_name}.md"
     path.write_text(text, encoding="utf-8")
     return path
 

@@ -59,7 +59,7 @@ from dfkd_guard.plugins import PluginRegistry
 from dfkd_guard.serialization import write_json_atomic
 
 from . import reporting
-from .config import ROW_LABELS, BenchConfig
+from .config import BenchConfig, row_label
 from .data import SETTINGS, Setting, build_setting
 from .metrics import OodProbe, collapse_rate, predict
 from .models import ConvNet, Generator
@@ -125,10 +125,10 @@ class RunSpec:
 
     @property
     def guarded(self) -> bool:
-        return self.row.endswith("_guard")
+        return "_guard" in self.row
 
     def label(self) -> str:
-        return f"{self.setting}/{self.adapter}/{ROW_LABELS[self.row]}/seed {self.seed}"
+        return f"{self.setting}/{self.adapter}/{row_label(self.row)}/seed {self.seed}"
 
 
 def enumerate_runs(config: BenchConfig) -> list[RunSpec]:
@@ -165,7 +165,10 @@ def teacher_config(config: BenchConfig, setting: str, kind: str) -> TeacherConfi
 def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
     """Everything that determines a run's result, as plain JSON data (hashed into its id)."""
     adapter_config = getattr(config, spec.adapter)
-    guard = config.guard if spec.guarded else GuardConfig(enabled=False, normalization=config.guard.normalization)
+    if not spec.guarded:
+        guard = GuardConfig(enabled=False, normalization=config.guard.normalization)
+    else:
+        guard = config.guard_variants[spec.row.split("@")[1]] if "@" in spec.row else config.guard
     return {
         "code_version": CODE_VERSION,
         "setting": spec.setting,
@@ -518,7 +521,7 @@ def _execute(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list
             if config.student_schedule == "cosine"
             else None
         )
-        label = first.label() if len(group) == 1 else f"{first.adapter}/{ROW_LABELS[first.row]}/seed {first.seed}"
+        label = first.label() if len(group) == 1 else f"{first.adapter}/{row_label(first.row)}/seed {first.seed}"
         try:
             result = train(
                 synthesizer,

@@ -56,9 +56,14 @@ class Spy:
 
 def spy_guard(teacher: nn.Module, enabled: bool = True) -> tuple[Guard, Spy]:
     spy = Spy()
-    # de-mixing off: its calibration would keep every sample until its warm-up ends
+    # the student-side split, and no de-mixing: its calibration would keep every sample until its warm-up ends
     config = GuardConfig(
-        enabled=enabled, scorer="spy", penalties=[{"name": "spy", "weight": 0.1}], bn_prior={"demix": False}
+        enabled=enabled,
+        scorer="spy",
+        weighting="split",
+        forget={"kind": "uniform"},
+        penalties=[{"name": "spy", "weight": 0.1}],
+        bn_prior={"demix": False},
     )
     return Guard(config, teacher, plugins=[spy], load_entrypoints=False), spy
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from dfkd_guard.bench.config import ROW_LABELS, BenchConfig
+from dfkd_guard.bench.config import BenchConfig, row_label
 from dfkd_guard.bench.report import format_stat, require_matplotlib
 from dfkd_guard.bench.runner import (
     RunSpec,
@@ -38,11 +38,11 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
     config = BenchConfig.tiny()
     specs = enumerate_runs(config)
     runs = sorted((out / "runs").glob("*.json"))
-    assert len(runs) == len(specs) == 20
+    assert len(runs) == len(specs) == 25
 
     report = (out / "report.md").read_text()
     rows = _table_rows(report)
-    expected = [(s.setting, s.adapter, ROW_LABELS[s.row]) for s in specs]
+    expected = [(s.setting, s.adapter, row_label(s.row)) for s in specs]
     assert [tuple(r[:3]) for r in rows] == expected
     header = report.split("## Students", 1)[1].splitlines()
     columns = next(line for line in header if line.startswith("| setting")).strip("|").split("|")
@@ -78,7 +78,7 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
     mtimes = {p: p.stat().st_mtime_ns for p in runs}
     capsys.readouterr()
     assert main(["bench", "--tiny", "--out", str(out)]) == 0
-    assert "0 runs trained, 20 already finished" in capsys.readouterr().err
+    assert "0 runs trained, 25 already finished" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in sorted((out / "runs").glob("*.json"))} == mtimes
 
 
@@ -116,6 +116,11 @@ def test_metrics_on_hand_made_predictions() -> None:
     ("values", "field"),
     [
         ({"iterations": 0}, "iterations"),
+        ({"budgets": {"cmi": {"iterations": 0, "kd_steps": 1, "eval_every": 1}}}, "budgets.cmi.iterations"),
+        ({"image_size": 12}, "image_size"),
+        ({"rows": ["ntl", "ntl_guard@nope"]}, "guard_variants"),
+        ({"rows": ["ntl_shield"]}, "rows"),
+        ({"rows": ["ntl_guard@off"], "guard_variants": {"off": {"enabled": False}}}, "guard_variants"),
         ({"seeds": [1, 1]}, "seeds"),
         ({"settings": ["fashion"], "adapters": {"mnist_m": ["vanilla"]}}, "adapters"),
         ({"adapters": {"fashion": ["dfad"]}}, "adapters.fashion.0"),
@@ -180,11 +185,14 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch) -> None:
         require_matplotlib()
 
 
-def test_parallel_workers_give_the_same_runs_and_the_oracle_row_runs(tmp_path) -> None:
+def test_parallel_workers_give_the_same_runs_and_the_oracle_and_variant_rows_run(tmp_path) -> None:
     from dfkd_guard.bench.runner import run_bench
 
     config = BenchConfig.tiny(
-        settings=["rotated_mnist"], adapters={"rotated_mnist": ["vanilla"]}, rows=["ntl", "ntl_oracle", "ntl_guard"]
+        settings=["rotated_mnist"],
+        adapters={"rotated_mnist": ["vanilla"]},
+        rows=["ntl", "ntl_oracle", "ntl_guard@energy"],
+        guard_variants={"energy": {"scorer": "energy"}},
     )
     finals = {}
     for workers in (1, 2):
@@ -195,6 +203,18 @@ def test_parallel_workers_give_the_same_runs_and_the_oracle_row_runs(tmp_path) -
             p.name: json.loads(p.read_text())["final"] for p in sorted((out / "runs").glob("*.json"))
         }
     assert finals[1] == finals[2]
-    oracle = next(v for k, v in finals[1].items() if "-ntl_oracle-" in k)
-    plain = next(v for k, v in finals[1].items() if "-ntl-" in k)
-    assert oracle != plain  # the oracle's BN targets changed the synthesis
+    runs = {p.name.split("-seed")[0]: json.loads(p.read_text()) for p in (tmp_path / "workers1" / "runs").glob("*.json")}
+    oracle, plain = runs["rotated_mnist-vanilla-ntl_oracle"], runs["rotated_mnist-vanilla-ntl"]
+    # the oracle's BN targets changed the synthesis: other final images, other scores
+    assert oracle["synthetic_scores"]["values"] != plain["synthetic_scores"]["values"]
+    record = runs["rotated_mnist-vanilla-ntl_guard@energy"]
+    assert record["config"]["guard"]["scorer"]["name"] == "energy" and record["guarded"]
+    assert "NTL + guard [energy]" in row_label("ntl_guard@energy")
+
+    from dfkd_guard.bench.report import write_report
+
+    # a second config with its own report name shares the folder and its stored runs
+    path = write_report(config.updated(report_name="ablation"), tmp_path / "workers1")
+    assert path.name == "ablation.md" and "| NTL + guard [energy] |" in path.read_text()
+    assert "(ablation-plots/iacc-rotated_mnist.png)" in path.read_text()
+    assert (tmp_path / "workers1" / "ablation-plots" / "iacc-rotated_mnist.png").is_file()
