@@ -88,7 +88,7 @@ class Synthesizer:
         self.optimizer = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=(0.5, 0.999))
         self.hooks = [BNStatsHook(m) for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
         self.kldiv = KLDiv()
-        self.guard = Guard(GuardConfig(scorer="atesc", weighting="split"), teacher)  # guard
+        self.guard = Guard(GuardConfig(scorer="atesc", weighting="split", forget={"kind": "uniform"}), teacher)  # guard
 
     def synthesize(self) -> dict[str, float]:
         """One generator step; returns the loss terms."""

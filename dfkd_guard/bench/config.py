@@ -122,6 +122,7 @@ class BenchConfig(FileConfig):
     settings: tuple[SettingName, ...] = Field(default=SETTINGS, min_length=1, description="settings (table row groups), in report order")
     adapters: dict[SettingName, tuple[AdapterName, ...]] = Field(default_factory=lambda: dict(_DEFAULT_ADAPTERS), description="adapters run in each setting; every selected setting needs a non-empty entry")
     rows: tuple[str, ...] = Field(default=("sl", "ntl", "ntl_guard", "sl_guard", "ntl_oracle"), min_length=1, description="teacher rows: sl, ntl (ntl_backdoor in 'backdoor'), each with the guard, ntl_oracle (BN targets from real ID data, not data-free), and ntl_guard@<variant> / sl_guard@<variant> with a guard of guard_variants")
+    oracle_adapters: tuple[AdapterName, ...] = Field(default=("vanilla",), description="adapters that run the ntl_oracle row (the reference of the guard targets, which concern vanilla)")
     guard_variants: dict[str, GuardConfig] = Field(default_factory=dict, validate_default=True, description="named guard configs for rows ntl_guard@<name> and sl_guard@<name> (the ablation)")
     seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1, description="DFKD seeds per row (student, generator, synthesis); >= 3 for the published table")
     budgets: dict[AdapterName, Budget] = Field(default_factory=lambda: dict(_DEFAULT_BUDGETS), description="per adapter: iterations, student steps per iteration, evaluation spacing (adapters not given keep their defaults)")

@@ -132,12 +132,16 @@ class RunSpec:
 
 
 def enumerate_runs(config: BenchConfig) -> list[RunSpec]:
-    """Every run of ``config``, in table order: setting, adapter, row, seed."""
+    """Every run of ``config``, in table order: setting, adapter, row, seed.
+
+    The ``ntl_oracle`` row runs only for the adapters in ``config.oracle_adapters``.
+    """
     return [
         RunSpec(setting, adapter, row, seed)
         for setting in config.settings
         for adapter in config.adapters[setting]
         for row in config.rows
+        if row != "ntl_oracle" or adapter in config.oracle_adapters
         for seed in config.seeds
     ]
 
