@@ -143,7 +143,7 @@ class Synthesizer(ABC):
         if scores is None:
             scores = self.score(images, logits)
         if self.bn_statistics is not None and self.guard.enabled:
-            self.guard.observe_bn(self.bn_statistics.recorded_inputs(), scores, logits)
+            self.guard.observe_bn(self.bn_statistics.recorded_inputs(), scores)
         return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
 
     def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:

@@ -226,7 +226,7 @@ class Guard:
 
     # -- BN prior ----------------------------------------------------------
 
-    def observe_bn(self, inputs: Sequence[torch.Tensor], scores: torch.Tensor, logits: torch.Tensor) -> None:
+    def observe_bn(self, inputs: Sequence[torch.Tensor], scores: torch.Tensor) -> None:
         """Feed the BN prior one scored batch: its BN-layer inputs and the OOD-like side of its scores.
 
         The cut is ``config.bn_prior.split`` (independent of the student's
@@ -236,13 +236,12 @@ class Guard:
         :param inputs: per BN layer of the teacher (module order), the layer's
             input on the batch, float (B, C, ...), as the adapter's BN hooks recorded it.
         :param scores: float (B,) the batch's OOD scores.
-        :param logits: the teacher's (B, K) logits on the batch.
         """
         if self.bn_prior is None:
             return
         self._bn_observed = True
         if self.bn_prior.observing:
-            _check_logits(logits, scores.shape[0])
+            _check_scores(scores)
             self.bn_prior.observe(inputs, ood_mask(scores.detach(), self.config.bn_prior.split))
 
     def state_dict(self) -> dict[str, Any]:

@@ -157,7 +157,7 @@ def test_the_guard_calibrates_forgetting_by_the_verdict(a: float, verdict: str, 
     with caplog.at_level(logging.INFO, logger="dfkd_guard"):
         for i in range(10):
             assert guard.sample_weights(scores, logits).forgotten_fraction == (0.0 if i else 0.5)
-            guard.observe_bn([batch(ood & two_domains, generator)], scores, logits)
+            guard.observe_bn([batch(ood & two_domains, generator)], scores)
     assert guard.bn_prior is not None and guard.bn_prior.verdict == verdict
     assert guard.sample_weights(scores, logits).forgotten_fraction == (0.5 if verdict == "ntl-like" else 0.0)
     assert {"ntl-like": "NTL-like teacher", "ordinary": "ordinary teacher"}[verdict] in caplog.text
@@ -172,10 +172,10 @@ def test_no_scores_are_needed_after_the_warm_up_when_the_weighting_ignores_them(
     guard = Guard(config, teacher, load_entrypoints=False)
     generator = torch.Generator().manual_seed(0)
     ood = torch.arange(32) % 2 == 0
-    scores, logits = ood.float(), torch.randn(32, 10, generator=generator)
+    scores = ood.float()
     for _ in range(3):
         assert guard.scores_needed
-        guard.observe_bn([batch(ood, generator)], scores, logits)
+        guard.observe_bn([batch(ood, generator)], scores)
     assert guard.bn_prior is not None and guard.bn_prior.correcting and not guard.scores_needed
 
 
