@@ -221,3 +221,15 @@ def test_provenance_lists_current_checksums() -> None:
     provenance = (Path(data.__file__).parent / "_data" / "PROVENANCE.md").read_text(encoding="utf-8")
     for name, digest in verify_vendored_data().items():
         assert f"{digest}  {name}" in provenance, name
+
+
+def test_a_smaller_image_size_averages_the_32_pixel_images() -> None:
+    full = build_setting("backdoor", seed=0)
+    small = build_setting("backdoor", seed=0, image_size=16)
+    assert small.id_train.images.shape[1:] == (3, 16, 16)
+    torch.testing.assert_close(small.ood_test.images, torch.nn.functional.avg_pool2d(full.ood_test.images, 2))
+    assert torch.equal(small.ood_test.labels, full.ood_test.labels)
+    # the 4-pixel trigger near the bottom-right corner keeps a full-intensity pixel at 16x16
+    assert (small.ood_test.images[:, :, -3:, -3:].flatten(2).amax(dim=2) == 1.0).all()
+    with pytest.raises(ValueError, match="image_size must divide 32"):
+        build_setting("backdoor", image_size=12)
