@@ -464,7 +464,7 @@ def build_setting(
         trigger_size: trigger side in pixels of the 32x32 image (``"backdoor"`` only).
         image_size: side of the returned images: 32, or a divisor of 32; smaller
             images are 32x32 ones averaged over (32 / image_size)-pixel squares
-            (so the 4-pixel trigger becomes a 2-pixel one at 16).
+            (at 16 the 4-pixel trigger covers parts of 3 pixels per side, one at full intensity).
     """
     if name not in SETTINGS:
         raise ValueError(f"unknown setting {name!r}; expected one of {SETTINGS}")
