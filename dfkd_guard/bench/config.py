@@ -110,7 +110,7 @@ class Budget(BaseModel):
 _DEFAULT_BUDGETS: dict[str, Budget] = {
     "vanilla": Budget(iterations=2000, kd_steps=3, eval_every=200),
     "deepinversion": Budget(iterations=200, kd_steps=10, eval_every=20),
-    "cmi": Budget(iterations=200, kd_steps=10, eval_every=20),
+    "cmi": Budget(iterations=60, kd_steps=10, eval_every=6),
 }
 
 
