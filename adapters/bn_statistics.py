@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dfkd_guard.bn_prior import BNTargets, batchnorm_layers
+from dfkd_guard.bn_prior import BNTargets, FixedBNTargets, batchnorm_layers, layer_moments
 
-__all__ = ["BatchNormStatistics", "batchnorm_layers"]
+__all__ = ["BatchNormStatistics", "batchnorm_layers", "measure_bn_targets"]
 
 
 class BatchNormStatistics:
@@ -82,3 +82,35 @@ class BatchNormStatistics:
             handle.remove()
         self._handles = []
         self.inputs = [None] * len(self.layers)
+
+
+def measure_bn_targets(teacher: nn.Module, images: torch.Tensor, batch_size: int = 500) -> FixedBNTargets:
+    """Per-channel mean and (biased) variance of every BN layer's input on ``images``.
+
+    :param teacher: the network (put in eval mode for the measurement; mode restored).
+    :param images: float (N, C, H, W) in the teacher's input units.
+    :returns: the moments as fixed BN targets (e.g. the benchmark's oracle, not data-free).
+    """
+    statistics = BatchNormStatistics(teacher)
+    sums: list[list[torch.Tensor | float]] = [[0.0, 0.0] for _ in statistics.layers]
+    count = 0
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                teacher(chunk)
+                for i, x in enumerate(statistics.recorded_inputs()):
+                    mean, second = layer_moments(x)
+                    sums[i][0] = sums[i][0] + mean.sum(dim=0)
+                    sums[i][1] = sums[i][1] + second.sum(dim=0)
+                count += len(chunk)
+    finally:
+        statistics.remove()
+        teacher.train(was_training)
+    moments = []
+    for first, second in sums:
+        mean = first / count
+        moments.append((mean, (second / count - mean * mean).clamp_min(0.0)))  # type: ignore[union-attr]
+    return FixedBNTargets(moments)  # type: ignore[arg-type]

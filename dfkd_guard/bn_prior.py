@@ -97,52 +97,13 @@ class BNTargets(Protocol):
 class FixedBNTargets:
     """Fixed per-layer targets, e.g. moments measured on real data (an oracle, not data-free).
 
+    :func:`dfkd_guard.adapters.bn_statistics.measure_bn_targets` measures them.
+
     :param moments: per BN layer ``(mean, var)``, each float (C,).
     """
 
     def __init__(self, moments: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.moments = [(m.detach().clone(), v.detach().clone()) for m, v in moments]
-
-    @classmethod
-    def measure(cls, teacher: nn.Module, images: torch.Tensor, batch_size: int = 500) -> FixedBNTargets:
-        """Per-channel mean and (biased) variance of every BN layer's input on ``images``.
-
-        :param teacher: the network (put in eval mode for the measurement; mode restored).
-        :param images: float (N, C, H, W) in the teacher's input units.
-        """
-        layers = batchnorm_layers(teacher)
-        sums = [[0.0, 0.0] for _ in layers]
-        count = 0
-        current: list[torch.Tensor | None] = [None] * len(layers)
-
-        def recorder(i: int):  # noqa: ANN202 - a hook closure
-            def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-                current[i] = inputs[0]
-
-            return record
-
-        handles = [layer.register_forward_hook(recorder(i)) for i, layer in enumerate(layers)]
-        was_training = teacher.training
-        teacher.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(images), batch_size):
-                    chunk = images[start : start + batch_size]
-                    teacher(chunk)
-                    for i, x in enumerate(current):
-                        mean, second = layer_moments(x)  # type: ignore[arg-type]
-                        sums[i][0] = sums[i][0] + mean.sum(dim=0)
-                        sums[i][1] = sums[i][1] + second.sum(dim=0)
-                    count += len(chunk)
-        finally:
-            for handle in handles:
-                handle.remove()
-            teacher.train(was_training)
-        moments = []
-        for first, second in sums:
-            mean = first / count
-            moments.append((mean, (second / count - mean * mean).clamp_min(0.0)))
-        return cls(moments)
 
     def target(self, index: int, layer: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
         mean, var = self.moments[index]

@@ -5,7 +5,8 @@ penalties, each with its own parameters, plus the forgetting term, the KD
 temperature and the BN-prior de-mixing (:mod:`dfkd_guard.bn_prior`).
 Component names and their parameters are checked against the plugins
 actually registered when the guard is built (:meth:`GuardConfig.resolve`),
-so a misspelt name or an out-of-range parameter is a :class:`~dfkd_guard.errors.ConfigError` naming the field.
+so a misspelt name or an out-of-range parameter is a
+:class:`~dfkd_guard.errors.ConfigError` naming the field.
 
 In TOML::
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from dfkd_guard import Guard, GuardConfig
-from dfkd_guard.bn_prior import BNPrior, BNPriorConfig, FixedBNTargets, layer_moments
+from dfkd_guard.adapters.bn_statistics import measure_bn_targets
+from dfkd_guard.bn_prior import BNPrior, BNPriorConfig, layer_moments
 
 CHANNELS = 4
 MU_ID = torch.tensor([1.0, -1.0, 0.5, 2.0])
@@ -119,7 +120,7 @@ def test_fixed_targets_measure_the_moments_of_real_images() -> None:
     net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 2, 3), nn.BatchNorm2d(2))
     net.train()
     images = torch.rand(30, 3, 8, 8)
-    targets = FixedBNTargets.measure(net, images, batch_size=7)
+    targets = measure_bn_targets(net, images, batch_size=7)
     assert net.training  # mode restored
     first = net[0](images)
     torch.testing.assert_close(targets.target(0, net[1])[0], first.mean(dim=(0, 2, 3)))

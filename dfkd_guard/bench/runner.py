@@ -79,6 +79,7 @@ __all__ = [
     "run_bench",
     "run_config",
     "run_id",
+    "row_guard",
     "run_path",
     "training_groups",
     "teacher_config",
@@ -166,13 +167,17 @@ def teacher_config(config: BenchConfig, setting: str, kind: str) -> TeacherConfi
     )
 
 
+def row_guard(config: BenchConfig, spec: RunSpec) -> GuardConfig:
+    """The guard of a run: disabled, the config's guard, or the named variant of an ``..._guard@<variant>`` row."""
+    if not spec.guarded:
+        return GuardConfig(enabled=False, normalization=config.guard.normalization)
+    return config.guard_variants[spec.row.split("@")[1]] if "@" in spec.row else config.guard
+
+
 def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
     """Everything that determines a run's result, as plain JSON data (hashed into its id)."""
     adapter_config = getattr(config, spec.adapter)
-    if not spec.guarded:
-        guard = GuardConfig(enabled=False, normalization=config.guard.normalization)
-    else:
-        guard = config.guard_variants[spec.row.split("@")[1]] if "@" in spec.row else config.guard
+    guard = row_guard(config, spec)
     return {
         "code_version": CODE_VERSION,
         "setting": spec.setting,
@@ -375,10 +380,12 @@ class _Context:
 
     def oracle_targets(self, setting: str, kind: str) -> FixedBNTargets:
         """BN targets measured on real ID train images (the oracle row; not data-free)."""
+        from dfkd_guard.adapters.bn_statistics import measure_bn_targets
+
         key = (setting, kind)
         if key not in self._oracles:
             images = self.setting(setting).id_train.images[: self.config.probe_images]
-            self._oracles[key] = FixedBNTargets.measure(self.teacher(setting, kind), images)
+            self._oracles[key] = measure_bn_targets(self.teacher(setting, kind), images)
         return self._oracles[key]
 
     def probe(self, setting: str, kind: str) -> OodProbe:
@@ -485,8 +492,7 @@ def _execute(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list
         torch.manual_seed(first.seed)
         student = ConvNet(config.student_widths, teacher.num_classes)
         recorder = _StepRecorder()
-        guard_config = GuardConfig.model_validate(run_config(config, first)["guard"])
-        guard = Guard(guard_config, teacher, plugins=[recorder])
+        guard = Guard(row_guard(config, first), teacher, plugins=[recorder])
         synthesizer = _synthesizer(ctx, first, teacher, student, guard)
         if first.row == "ntl_oracle":
             if synthesizer.bn_statistics is None:

@@ -31,7 +31,7 @@ from dfkd_guard.bench.data import build_setting
 from dfkd_guard.bench.metrics import OodProbe, collapse_rate, predict
 from dfkd_guard.bench.models import ConvNet, Generator
 from dfkd_guard.bench.teachers import TeacherConfig, load_or_train_teacher
-from dfkd_guard.bn_prior import FixedBNTargets
+from dfkd_guard.adapters.bn_statistics import measure_bn_targets
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -82,7 +82,7 @@ def main() -> None:
         draw = synthesizer._images
         synthesizer._images = lambda batch, train=True: draw(batch, train=False)  # type: ignore[method-assign]
     if a.oracle:
-        synthesizer.bn_statistics.targets = FixedBNTargets.measure(teacher, data.id_train.images[:2000])  # type: ignore[union-attr]
+        synthesizer.bn_statistics.targets = measure_bn_targets(teacher, data.id_train.images[:2000])  # type: ignore[union-attr]
     images, labels = data.id_test.images[:2000], data.id_test.labels[:2000]
     began = time.time()
 
