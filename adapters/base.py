@@ -132,19 +132,24 @@ class Synthesizer(ABC):
             )
 
     def student_batch(self, images: torch.Tensor, scores: torch.Tensor | None = None) -> StudentBatch:
-        """Teacher logits, scores (computed unless given) and weights for ``images``.
+        """Teacher logits, scores (computed unless given) and weights for ``images``."""
+        images = images.detach()
+        logits, scores = self.teacher_view(images, scores)
+        return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
+
+    def teacher_view(self, images: torch.Tensor, scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher logits (B, K) and scores (B,) of detached ``images`` (scores computed unless given).
 
         The teacher forward fires the BN hooks; their inputs go to the guard's
         BN prior with the scores (:meth:`Guard.observe_bn`).
         """
-        images = images.detach()
         with torch.no_grad():
             logits = self.teacher(images)
         if scores is None:
             scores = self.score(images, logits)
         if self.bn_statistics is not None and self.guard.enabled:
             self.guard.observe_bn(self.bn_statistics.recorded_inputs(), scores)
-        return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
+        return logits, scores
 
     def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
         """OOD scores of a batch, or NaN for every sample when the guard is off or needs no scores."""

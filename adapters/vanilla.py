@@ -13,6 +13,12 @@ fresh batch ``x = normalize(G(z))``, ``z ~ N(0, I)``:
 plus the guard's generator penalty. The student then learns by KD on fresh
 ``G(z).detach()`` batches, weighted by the guard. DFAD, ZSKT and DAFL are
 weightings of the same terms: see :data:`PRESETS`.
+
+With ``replay > 0`` each student batch also carries ``replay`` earlier
+student images from an :class:`~dfkd_guard.adapters.pool.ImagePool` (with the
+scores they got when they were fresh), a memory bank against the student
+forgetting what the generator has moved away from (Binici et al., WACV 2022;
+Fast-DFKD replays its pool the same way).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from torch import nn
 from dfkd_guard import Guard
 from dfkd_guard.adapters.base import StudentBatch, SynthesisResult, Synthesizer
 from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
+from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.losses import kd_divergence
 
 __all__ = ["VanillaConfig", "PRESETS", "VanillaSynthesizer"]
@@ -47,6 +54,8 @@ class VanillaConfig(BaseModel):
     balance: float = Field(default=20.0, ge=0, description="weight of the class-balance term")
     act: float = Field(default=0.0, ge=0, description="weight of the activation term")
     adv_distance: Literal["kl", "l1"] = Field(default="kl", description="D of the adversarial term")
+    replay: int = Field(default=0, ge=0, description="earlier student images replayed in each student batch (0 = fresh images only, as DFAD / DFQ)")
+    pool_size: int = Field(default=4096, ge=1, description="latest student images kept for replay")
 
 
 #: Published term weights of the methods this adapter covers.
@@ -95,6 +104,7 @@ class VanillaSynthesizer(Synthesizer):
         self.generator = generator.to(self.device)
         self.latent_dim = latent_dim
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.config.generator_lr, betas=(0.5, 0.999))
+        self.pool = ImagePool(self.config.pool_size)
         self.bn_statistics = BatchNormStatistics(self.teacher, self.guard.bn_prior) if self.config.bn > 0 else None
         self._features: torch.Tensor | None = None
         self._feature_hook = (
@@ -158,7 +168,11 @@ class VanillaSynthesizer(Synthesizer):
         return (mean_p * mean_p.clamp_min(1e-12).log()).sum() + math.log(t_out.shape[1])
 
     def sample(self) -> StudentBatch:
-        """A fresh generator batch, scored and weighted; non-finite samples are dropped and counted.
+        """A fresh generator batch, scored and weighted, plus ``replay`` pooled images.
+
+        Non-finite samples are dropped and counted. Replayed images keep the
+        scores they got when fresh and are weighted together with the fresh
+        ones; the fresh ones then join the pool.
 
         G stays in train mode (batch statistics in its BatchNorm), as in DFAD and
         DFQ: its running statistics lag a generator trained at a high learning
@@ -173,14 +187,32 @@ class VanillaSynthesizer(Synthesizer):
             images = images[finite]
             if images.shape[0] == 0:
                 raise RuntimeError("the generator produced only non-finite images; lower generator_lr")
-        return self.student_batch(images)
+        if not self.config.replay:
+            return self.student_batch(images)
+        logits, scores = self.teacher_view(images)
+        fresh_images, fresh_scores = images, scores
+        if len(self.pool):
+            old_images, old_scores = self.pool.sample(self.config.replay, self.device)
+            with torch.no_grad():
+                old_logits = self.teacher(old_images)
+            images = torch.cat([images, old_images])
+            logits = torch.cat([logits, old_logits])
+            scores = torch.cat([scores, old_scores])
+        self.pool.add(fresh_images, fresh_scores)
+        return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.state_dict(), "optimizer": self.optimizer.state_dict(), "skipped": self.skipped}
+        return {
+            "generator": self.generator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "pool": self.pool.state_dict(),
+            "skipped": self.skipped,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.load_state_dict(state["generator"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.pool.load_state_dict(state["pool"])
         self.skipped = int(state["skipped"])
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ import datetime
 import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,11 @@ class RowSummary:
     def seconds_per_iteration(self) -> list[float]:
         return [v for r in self.records if (v := r.get("seconds_per_iteration")) is not None]
 
+    def verdicts(self) -> str:
+        """The guard's BN-prior verdicts over the seeds, e.g. ``ntl-like 2, ordinary 1``; ``–`` without a guard."""
+        counts = Counter(prior["verdict"] for r in self.records if (prior := r.get("bn_prior")) is not None)
+        return ", ".join(f"{verdict} {n}" for verdict, n in sorted(counts.items())) or "–"
+
     def mean_curve(self, metric: str) -> tuple[list[float], list[float]]:
         """Evaluation iterations and the metric's mean over the runs at each (missing values skipped)."""
         by_iteration: dict[float, list[float]] = {}
@@ -120,12 +126,12 @@ def format_stat(values: Sequence[float]) -> str:
 
 def main_table(rows: list[RowSummary]) -> str:
     """The students table in Markdown: one line per row summary, metrics as mean ± std over seeds."""
-    header = ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["s/it", "seeds"]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(COLUMNS) + 2)]
+    header = ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["BN prior", "s/it", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * len(COLUMNS) + "---|---:|---:|"]
     for r in rows:
         cells = [r.setting, r.adapter, row_label(r.row)]
         cells += [format_stat(r.values(metric)) for metric, _ in COLUMNS]
-        cells += [format_stat(r.seconds_per_iteration()), f"{len(r.records)}/{r.expected}"]
+        cells += [r.verdicts(), format_stat(r.seconds_per_iteration()), f"{len(r.records)}/{r.expected}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -284,6 +290,8 @@ each cell the mean ± sample standard deviation over seeds (the mean alone for o
 - On the adapter's latest synthetic batch: synthetic OOD share (OOD side of a linear probe on the
   run's teacher features, fitted on real ID vs OOD train images), collapse (share of the teacher's
   predictions in the most frequent class); flagged by guard: share of student samples forgotten.
+- BN prior: the guard's verdict on the teacher, per seed (ntl-like: BN targets corrected;
+  ordinary: left alone; warming up: the run ended before the warm-up did).
 - s/it: wall time per DFKD iteration, without evaluations.
 """
 

@@ -88,7 +88,7 @@ __all__ = [
     "teacher_record_path",
 ]
 
-CODE_VERSION = "dfkd_guard.bench.runner/2"
+CODE_VERSION = "dfkd_guard.bench.runner/3"
 """Part of every run id: bump it whenever the run code changes its results."""
 #: Evaluations averaged into a run's final metrics (IAcc is the mean of the last 3).
 FINAL_WINDOW = 3
@@ -135,14 +135,15 @@ class RunSpec:
 def enumerate_runs(config: BenchConfig) -> list[RunSpec]:
     """Every run of ``config``, in table order: setting, adapter, row, seed.
 
-    The ``ntl_oracle`` row runs only for the adapters in ``config.oracle_adapters``.
+    The ``ntl_oracle`` row runs only for the adapters in ``config.oracle_adapters``
+    and the settings in ``config.oracle_settings``.
     """
     return [
         RunSpec(setting, adapter, row, seed)
         for setting in config.settings
         for adapter in config.adapters[setting]
         for row in config.rows
-        if row != "ntl_oracle" or adapter in config.oracle_adapters
+        if row != "ntl_oracle" or (adapter in config.oracle_adapters and setting in config.oracle_settings)
         for seed in config.seeds
     ]
 
@@ -161,6 +162,8 @@ def teacher_config(config: BenchConfig, setting: str, kind: str) -> TeacherConfi
         target_class=config.target_class,
         steps=config.teacher_steps,
         batch_size=config.teacher_batch_size,
+        lr=config.teacher_lr,
+        shift=config.teacher_shift,
         seed=config.teacher_seed,
         widths=config.teacher_widths,
         image_size=config.image_size,
@@ -574,7 +577,11 @@ def _execute(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list
                 "seconds_per_iteration": _finite_or_none(result.seconds_per_iteration),
                 "skipped_synthesis": result.skipped,
                 "bn_prior": (
-                    {"verdict": guard.bn_prior.verdict, "weights": guard.bn_prior.weights}
+                    {
+                        "verdict": guard.bn_prior.verdict,
+                        "separation": guard.bn_prior.separation,
+                        "weights": guard.bn_prior.weights,
+                    }
                     if guard.bn_prior is not None
                     else None
                 ),

@@ -11,6 +11,7 @@ Examples (the runs quoted in ``docs/adapters.md`` and ``docs/bn_prior.md``)::
     python scripts/experiments/vanilla_recipe.py --student 8,16,32 --generator-eval
     python scripts/experiments/vanilla_recipe.py --kind ntl --guard '{}'
     python scripts/experiments/vanilla_recipe.py --kind ntl --oracle
+    python scripts/experiments/vanilla_recipe.py --kind ntl --guard '{}' --target-error
 
 Not part of the library: the bench (``dfkd-guard bench``) is the reference.
 """
@@ -32,6 +33,31 @@ from dfkd_guard.bench.metrics import OodProbe, collapse_rate, predict
 from dfkd_guard.bench.models import ConvNet, Generator
 from dfkd_guard.bench.teachers import TeacherConfig, load_or_train_teacher
 from dfkd_guard.adapters.bn_statistics import measure_bn_targets
+from dfkd_guard.bn_prior import BNPrior, FixedBNTargets
+
+
+def target_errors(prior: BNPrior, real: FixedBNTargets) -> str:
+    """Per estimate: per BN layer, the mean error as a squared effect size against the real ID
+    moments, ``||m - m_real||^2 / sum(v_real)``, and the mean absolute and mean signed
+    log variance ratio ``log(v / v_real)`` (signed > 0: the target's variance is too large)."""
+    rows = []
+    for estimate in ("id_group", "fitted", "fixed"):
+        other = BNPrior(prior.config.model_copy(update={"estimate": estimate}), prior.layers)
+        other.load_state_dict(prior.state_dict())
+        errors = []
+        for index, layer in enumerate(prior.layers):
+            mean, var = other.target(index, layer)
+            real_mean, real_var = real.target(index, layer)
+            mean_error = float(((mean - real_mean) ** 2).sum() / real_var.sum())
+            log_ratio = (var / real_var).log()
+            errors.append(f"{mean_error:.2f}/{float(log_ratio.abs().mean()):.2f}({float(log_ratio.mean()):+.2f})")
+        rows.append(f"{estimate} {' '.join(errors)}")
+    running = [
+        f"{float(((l.running_mean - m) ** 2).sum() / v.sum()):.2f}/{float((l.running_var / v).log().abs().mean()):.2f}"
+        f"({float((l.running_var / v).log().mean()):+.2f})"
+        for l, (m, v) in zip(prior.layers, real.moments)
+    ]
+    return "target error (mean / |log var ratio| (signed), per layer): running " + " ".join(running) + " | " + " | ".join(rows)
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -55,8 +81,12 @@ def main() -> None:
     p.add_argument("--bn", type=float, default=10.0)
     p.add_argument("--guard", default="", help="GuardConfig as JSON ('{}' = the default guard); empty = no guard")
     p.add_argument("--oracle", action="store_true", help="BN targets measured on real ID train images")
+    p.add_argument("--target-error", action="store_true", help="once the guard corrects, print how far each estimate's BN targets are from the real ID moments")
     p.add_argument("--generator-eval", action="store_true", help="draw student batches with G in eval mode")
     p.add_argument("--teacher-steps", type=int, default=1000)
+    p.add_argument("--teacher-lr", type=float, default=3e-3)
+    p.add_argument("--teacher-shift", type=int, default=1, help="random translation of teacher batches, pixels")
+    p.add_argument("--replay", type=int, default=64, help="replayed images per student step (0 = fresh only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--eval", type=int, default=100)
@@ -66,14 +96,15 @@ def main() -> None:
 
     data = build_setting(a.setting, 0, image_size=a.image_size)
     teacher_config = TeacherConfig(
-        kind=a.kind, setting=a.setting, steps=a.teacher_steps, widths=a.teacher, image_size=a.image_size
+        kind=a.kind, setting=a.setting, steps=a.teacher_steps, lr=a.teacher_lr, shift=a.teacher_shift,
+        widths=a.teacher, image_size=a.image_size,
     )
     teacher = load_or_train_teacher(teacher_config, a.cache, data=data)
     probe = OodProbe(teacher.features, data.id_train.images[:2000], data.ood_train.images[:2000])
     torch.manual_seed(a.seed)
     student = ConvNet(a.student, 10)
     guard = Guard(GuardConfig.model_validate(json.loads(a.guard)) if a.guard else GuardConfig(enabled=False), teacher)
-    config = VanillaConfig(**{**PRESETS["dfq"], "bn": a.bn}, batch_size=a.batch, generator_lr=a.generator_lr)
+    config = VanillaConfig(**{**PRESETS["dfq"], "bn": a.bn}, batch_size=a.batch, generator_lr=a.generator_lr, replay=a.replay)
     synthesizer = VanillaSynthesizer(
         teacher, student, Generator(a.latent, a.generator_width, img_size=a.image_size), a.latent, guard, config,
         image_shape=(3, a.image_size, a.image_size),
@@ -82,7 +113,8 @@ def main() -> None:
         draw = synthesizer._images
         synthesizer._images = lambda batch, train=True: draw(batch, train=False)  # type: ignore[method-assign]
     if a.oracle:
-        synthesizer.bn_statistics.targets = measure_bn_targets(teacher, data.id_train.images[:2000])  # type: ignore[union-attr]
+        synthesizer.bn_statistics.targets = real_moments  # type: ignore[union-attr]
+    real_moments = measure_bn_targets(teacher, data.id_train.images[:2000]) if a.target_error or a.oracle else None
     images, labels = data.id_test.images[:2000], data.id_test.labels[:2000]
     began = time.time()
 
@@ -96,6 +128,8 @@ def main() -> None:
         prior = guard.bn_prior
         prior = f" | BN prior {prior.verdict} a={prior.weights} sep={prior.separation}" if prior is not None else ""
         shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        if a.target_error and prior is not None and guard.bn_prior.weights is not None:
+            prior += "\n      " + target_errors(guard.bn_prior, real_moments)
         print(f"{len(result_evals) * a.eval + a.eval:5d} | {shown}{prior} | {time.time() - began:.0f} s", flush=True)
         result_evals.append(metrics)
         return metrics

@@ -23,7 +23,7 @@ def make_adapter(
     synthesizer: Synthesizer
     if name == "vanilla":
         synthesizer = VanillaSynthesizer(
-            teacher, student, Generator(latent_dim=8, base_channels=8), 8, guard, VanillaConfig(batch_size=16)
+            teacher, student, Generator(latent_dim=8, base_channels=8), 8, guard, VanillaConfig(batch_size=16, replay=8)
         )
     elif name == "deepinversion":
         config = DeepInversionConfig(batch_size=8, student_batch_size=8, iterations=3, lr=0.1, competition=0.2)

@@ -125,6 +125,26 @@ def test_pool_stores_scores_and_replay_never_rescores(teacher, adapter) -> None:
     synthesizer.close()
 
 
+def test_vanilla_replay_adds_pooled_images_with_their_fresh_scores(teacher) -> None:
+    torch.manual_seed(0)
+    guard, spy = spy_guard(teacher)
+    config = VanillaConfig(batch_size=8, replay=4, pool_size=12)
+    synthesizer = VanillaSynthesizer(teacher, ConvNet((4, 8, 16)), Generator(latent_dim=8, base_channels=8), 8, guard, config)
+    synthesizer.synthesize()
+    first = synthesizer.sample()
+    assert first.images.shape[0] == 8 and len(synthesizer.pool) == 8  # nothing to replay yet
+    torch.testing.assert_close(synthesizer.pool.images, first.images)
+    scored = list(spy.scored_sizes)
+    second = synthesizer.sample()
+    assert spy.scored_sizes == scored + [8]  # only the fresh half is scored
+    assert second.images.shape[0] == 12 and second.weights.kd.shape == (12,)
+    replayed, replayed_scores = second.images[8:], second.scores[8:]
+    stored = [int((first.images == image).flatten(1).all(dim=1).nonzero()) for image in replayed]
+    torch.testing.assert_close(replayed_scores, first.scores[stored])
+    assert len(synthesizer.pool) == 12  # 16 added, the 4 oldest dropped
+    synthesizer.close()
+
+
 def test_pool_scores_are_nan_when_the_guard_is_off(teacher) -> None:
     guard, _ = spy_guard(teacher, enabled=False)
     synthesizer, _, _ = make_adapter("deepinversion", teacher, guard)

@@ -38,7 +38,7 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
     config = BenchConfig.tiny()
     specs = enumerate_runs(config)
     runs = sorted((out / "runs").glob("*.json"))
-    assert len(runs) == len(specs) == 23  # the oracle row runs for vanilla only
+    assert len(runs) == len(specs) == 21  # the oracle row runs for vanilla in the close-set settings only
 
     report = (out / "report.md").read_text()
     rows = _table_rows(report)
@@ -55,6 +55,8 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
         assert (row[col["ASR − clean"]] == "–") == (setting != "backdoor")
         if not row[2].endswith("+ guard"):
             assert float(row[col["flagged by guard"]]) == 0.0
+        # two iterations end inside the BN prior's warm-up; unguarded rows have no verdict
+        assert row[col["BN prior"]] == ("warming up 1" if row[2].endswith("+ guard") else "–")
     assert "| backdoor | NTL backdoor |" in report  # teacher table names the backdoor teacher
     assert "bn_deviation" in report and '"iterations": 2' in report and "- Machine: " in report
     for setting in config.settings:
@@ -78,7 +80,7 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
     mtimes = {p: p.stat().st_mtime_ns for p in runs}
     capsys.readouterr()
     assert main(["bench", "--tiny", "--out", str(out)]) == 0
-    assert "0 runs trained, 23 already finished" in capsys.readouterr().err
+    assert "0 runs trained, 21 already finished" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in sorted((out / "runs").glob("*.json"))} == mtimes
 
 

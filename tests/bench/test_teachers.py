@@ -17,11 +17,12 @@ from dfkd_guard.bench.teachers import (
     evaluate_teacher,
     load_or_train_teacher,
     ntl_loss,
+    shifted,
     teacher_cache_key,
     train_teacher,
 )
 
-TINY = dict(widths=(4, 8), steps=3, batch_size=8)
+TINY = dict(widths=(4, 8), steps=3, batch_size=8, shift=1)
 
 
 def tiny_setting(backdoor: bool = False, n: int = 24) -> Setting:
@@ -119,6 +120,27 @@ def test_config_validation_names_field() -> None:
 
 
 # -------------------------------------------------------------- train / cache
+
+
+def test_shifted_translates_the_batch_and_pads_with_zeros() -> None:
+    images = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4).repeat(2, 3, 1, 1)
+    seen = set()
+    for seed in range(30):
+        out = shifted(images, 1, torch.Generator().manual_seed(seed))
+        assert out.shape == images.shape and torch.equal(out[0], out[1])  # one offset per batch
+        offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if torch.equal(out, _translate(images, dy, dx))]
+        assert len(offsets) == 1
+        seen.add(offsets[0])
+    assert len(seen) == 9  # every offset in [-1, 1]^2 occurs
+
+
+def _translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    out = torch.zeros_like(images)
+    h, w = images.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
 
 
 @pytest.mark.parametrize("kind", ["sl", "ntl", "ntl_backdoor"])
