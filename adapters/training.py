@@ -26,7 +26,7 @@ from dfkd_guard.adapters.checkpoint import load_checkpoint, rng_state, save_atom
 
 __all__ = ["TrainResult", "train"]
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: the vanilla adapter's state holds its replay pool
 
 
 @dataclass
