@@ -204,9 +204,24 @@ def train_teacher(config: TeacherConfig, data: Setting, device: str | torch.devi
 
     Returns:
         The trained :class:`~dfkd_guard.bench.models.ConvNet` in eval mode.
+
+    Training runs on one torch thread, whatever the caller's setting (restored
+    afterwards): with more threads torch splits float sums differently, and
+    the same config would give other weights on another thread count (seen:
+    up to 0.3 apart on the benchmark's SL teacher), while the cache keys
+    teachers by config alone.
     """
     if config.kind == "ntl_backdoor" and data.target_class is None:
         raise ValueError(f"kind 'ntl_backdoor' needs a backdoor setting, got setting {data.name!r}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(config, data, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TeacherConfig, data: Setting, device: str | torch.device) -> ConvNet:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(config.seed)
         model = ConvNet(config.widths, config.num_classes).to(device)

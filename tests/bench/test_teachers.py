@@ -122,6 +122,22 @@ def test_config_validation_names_field() -> None:
 # -------------------------------------------------------------- train / cache
 
 
+def test_training_ignores_the_callers_thread_count() -> None:
+    data = tiny_setting()
+    config = TeacherConfig(kind="ntl", setting="mnist_m", **{**TINY, "widths": (16, 32), "steps": 5})
+    before = torch.get_num_threads()
+    try:
+        weights = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            weights.append(train_teacher(config, data).state_dict())
+            assert torch.get_num_threads() == threads  # restored
+    finally:
+        torch.set_num_threads(before)
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
 def test_shifted_translates_the_batch_and_pads_with_zeros() -> None:
     images = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4).repeat(2, 3, 1, 1)
     seen = set()
