@@ -64,6 +64,7 @@ from .data import SETTINGS, Setting, build_setting
 from .metrics import OodProbe, collapse_rate, predict
 from .models import ConvNet, Generator
 from .teachers import TeacherConfig, evaluate_teacher, load_or_train_teacher
+from .threads import one_thread
 
 __all__ = [
     "CODE_VERSION",
@@ -482,7 +483,14 @@ def training_groups(config: BenchConfig) -> list[list[RunSpec]]:
 
 
 def _execute(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list[dict[str, Any]]:
-    """Train the runs of one group (see :func:`training_groups`) once; one record per run (not yet written)."""
+    """Train the runs of one group (see :func:`training_groups`) once, on one torch thread
+    (:func:`~dfkd_guard.bench.threads.one_thread`: a run's result must not depend on where it ran);
+    one record per run (not yet written)."""
+    with one_thread():
+        return _train_group(ctx, group, stream)
+
+
+def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list[dict[str, Any]]:
     from dfkd_guard.adapters.training import train
 
     config = ctx.config
@@ -610,10 +618,10 @@ def run_bench(
 
     :param progress: one line per run (and per teacher) on standard error.
     :param train_progress: also each run's training progress lines (labelled with the run).
-    :param workers: runs trained at once, each in its own process with one
-        torch thread (teachers are trained first, in this process). A run's
-        result does not depend on the number of workers: each run seeds itself,
-        and with one thread per process its arithmetic is the same.
+    :param workers: runs trained at once, each in its own process (teachers
+        are trained first, in this process). A run's result does not depend on
+        the number of workers: each run seeds itself, and every run and teacher
+        trains on one torch thread.
     :returns: the ids of the runs trained now and of the runs skipped.
     """
     if workers < 1:

@@ -44,6 +44,7 @@ from dfkd_guard.serialization import load_plain, save_atomic
 from .data import Domain, Setting, SettingName, build_setting
 from .metrics import predict
 from .models import TEACHER_WIDTHS, ConvNet
+from .threads import one_thread
 
 __all__ = [
     "CODE_VERSION",
@@ -205,20 +206,14 @@ def train_teacher(config: TeacherConfig, data: Setting, device: str | torch.devi
     Returns:
         The trained :class:`~dfkd_guard.bench.models.ConvNet` in eval mode.
 
-    Training runs on one torch thread, whatever the caller's setting (restored
-    afterwards): with more threads torch splits float sums differently, and
-    the same config would give other weights on another thread count (seen:
-    up to 0.3 apart on the benchmark's SL teacher), while the cache keys
-    teachers by config alone.
+    Training runs on one torch thread (:func:`~dfkd_guard.bench.threads.one_thread`),
+    whatever the caller's setting: on 2 threads the benchmark's SL teacher came
+    out with weights up to 0.3 apart, while the cache keys teachers by config alone.
     """
     if config.kind == "ntl_backdoor" and data.target_class is None:
         raise ValueError(f"kind 'ntl_backdoor' needs a backdoor setting, got setting {data.name!r}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _train(config, data, device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: TeacherConfig, data: Setting, device: str | torch.device) -> ConvNet:
