@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=reporting.name_list(ADAPTERS),
         help=f"comma-separated subset of {', '.join(ADAPTERS)}, run in every selected setting",
     )
-    parser.add_argument("--threads", type=reporting.positive_int(1), help="torch.set_num_threads value for teacher evaluation and the report (teacher training and runs always use one thread)")
+    parser.add_argument("--threads", type=reporting.positive_int(1), help="torch.set_num_threads value of this process (teacher evaluation, OOD probes); teacher training and runs always use one thread")
     parser.add_argument(
         "--workers", type=reporting.positive_int(1), help="runs trained at once, one process and one thread each (default 1)"
     )

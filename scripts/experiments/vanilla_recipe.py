@@ -37,27 +37,23 @@ from dfkd_guard.bn_prior import BNPrior, FixedBNTargets
 
 
 def target_errors(prior: BNPrior, real: FixedBNTargets) -> str:
-    """Per estimate: per BN layer, the mean error as a squared effect size against the real ID
-    moments, ``||m - m_real||^2 / sum(v_real)``, and the mean absolute and mean signed
-    log variance ratio ``log(v / v_real)`` (signed > 0: the target's variance is too large)."""
-    rows = []
+    """Per BN layer, how far the running statistics and each estimate's targets are from the
+    real ID moments: the mean error as a squared effect size ``||m - m_real||^2 / sum(v_real)``,
+    and the mean absolute and mean signed log variance ratio ``log(v / v_real)`` (signed > 0:
+    the target's variance is too large)."""
+
+    def error(index: int, mean: torch.Tensor, var: torch.Tensor) -> str:
+        real_mean, real_var = real.target(index, prior.layers[index])
+        log_ratio = (var / real_var).log()
+        mean_error = float(((mean - real_mean) ** 2).sum() / real_var.sum())
+        return f"{mean_error:.2f}/{float(log_ratio.abs().mean()):.2f}({float(log_ratio.mean()):+.2f})"
+
+    rows = ["running " + " ".join(error(i, l.running_mean, l.running_var) for i, l in enumerate(prior.layers))]
     for estimate in ("id_group", "fitted", "fixed"):
         other = BNPrior(prior.config.model_copy(update={"estimate": estimate}), prior.layers)
         other.load_state_dict(prior.state_dict())
-        errors = []
-        for index, layer in enumerate(prior.layers):
-            mean, var = other.target(index, layer)
-            real_mean, real_var = real.target(index, layer)
-            mean_error = float(((mean - real_mean) ** 2).sum() / real_var.sum())
-            log_ratio = (var / real_var).log()
-            errors.append(f"{mean_error:.2f}/{float(log_ratio.abs().mean()):.2f}({float(log_ratio.mean()):+.2f})")
-        rows.append(f"{estimate} {' '.join(errors)}")
-    running = [
-        f"{float(((l.running_mean - m) ** 2).sum() / v.sum()):.2f}/{float((l.running_var / v).log().abs().mean()):.2f}"
-        f"({float((l.running_var / v).log().mean()):+.2f})"
-        for l, (m, v) in zip(prior.layers, real.moments)
-    ]
-    return "target error (mean / |log var ratio| (signed), per layer): running " + " ".join(running) + " | " + " | ".join(rows)
+        rows.append(f"{estimate} " + " ".join(error(i, *other.target(i, l)) for i, l in enumerate(prior.layers)))
+    return "target error (mean / |log var ratio| (signed), per layer): " + " | ".join(rows)
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -112,9 +108,9 @@ def main() -> None:
     if a.generator_eval:
         draw = synthesizer._images
         synthesizer._images = lambda batch, train=True: draw(batch, train=False)  # type: ignore[method-assign]
+    real_moments = measure_bn_targets(teacher, data.id_train.images[:2000]) if a.target_error or a.oracle else None
     if a.oracle:
         synthesizer.bn_statistics.targets = real_moments  # type: ignore[union-attr]
-    real_moments = measure_bn_targets(teacher, data.id_train.images[:2000]) if a.target_error or a.oracle else None
     images, labels = data.id_test.images[:2000], data.id_test.labels[:2000]
     began = time.time()
 
@@ -125,12 +121,13 @@ def main() -> None:
             "ood_share": probe.ood_share(batch),
             "collapse": collapse_rate(predict(teacher, batch), 10),
         }
-        prior = guard.bn_prior
-        prior = f" | BN prior {prior.verdict} a={prior.weights} sep={prior.separation}" if prior is not None else ""
+        bn_prior = guard.bn_prior
         shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-        if a.target_error and prior is not None and guard.bn_prior.weights is not None:
-            prior += "\n      " + target_errors(guard.bn_prior, real_moments)
-        print(f"{len(result_evals) * a.eval + a.eval:5d} | {shown}{prior} | {time.time() - began:.0f} s", flush=True)
+        if bn_prior is not None:
+            shown += f" | BN prior {bn_prior.verdict} a={bn_prior.weights} sep={bn_prior.separation}"
+            if a.target_error and bn_prior.weights is not None:
+                shown += "\n      " + target_errors(bn_prior, real_moments)  # type: ignore[arg-type]
+        print(f"{len(result_evals) * a.eval + a.eval:5d} | {shown} | {time.time() - began:.0f} s", flush=True)
         result_evals.append(metrics)
         return metrics
 
