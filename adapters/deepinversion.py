@@ -160,7 +160,7 @@ class DeepInversionSynthesizer(Synthesizer):
 
     def sample(self) -> StudentBatch:
         """A random pool batch with its stored scores: replay never rescores."""
-        images, scores = self.pool.sample(self.config.student_batch_size, self.device)
+        images, scores, _ = self.pool.sample(self.config.student_batch_size, self.device)
         return self.student_batch(images, scores)
 
     def state_dict(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from dfkd_guard.adapters.checkpoint import load_checkpoint, rng_state, save_atom
 
 __all__ = ["TrainResult", "train"]
 
-CHECKPOINT_FORMAT = 3  # 3: the vanilla adapter's state holds its replay pool
+CHECKPOINT_FORMAT = 4  # 4: the vanilla replay pool holds teacher logits
 
 
 @dataclass

@@ -16,7 +16,7 @@ weightings of the same terms: see :data:`PRESETS`.
 
 With ``replay > 0`` each student batch also carries ``replay`` earlier
 student images from an :class:`~dfkd_guard.adapters.pool.ImagePool` (with the
-scores they got when they were fresh), a memory bank against the student
+teacher logits and scores they got when they were fresh), a memory bank against the student
 forgetting what the generator has moved away from (Binici et al., WACV 2022;
 Fast-DFKD replays its pool the same way).
 """
@@ -171,8 +171,9 @@ class VanillaSynthesizer(Synthesizer):
         """A fresh generator batch, scored and weighted, plus ``replay`` pooled images.
 
         Non-finite samples are dropped and counted. Replayed images keep the
-        scores they got when fresh and are weighted together with the fresh
-        ones; the fresh ones then join the pool.
+        teacher logits and scores they got when fresh (no teacher forward; the
+        teacher is frozen) and are weighted together with the fresh ones; the
+        fresh ones then join the pool.
 
         G stays in train mode (batch statistics in its BatchNorm), as in DFAD and
         DFQ: its running statistics lag a generator trained at a high learning
@@ -190,15 +191,13 @@ class VanillaSynthesizer(Synthesizer):
         if not self.config.replay:
             return self.student_batch(images)
         logits, scores = self.teacher_view(images)
-        fresh_images, fresh_scores = images, scores
+        fresh_images, fresh_logits, fresh_scores = images, logits, scores
         if len(self.pool):
-            old_images, old_scores = self.pool.sample(self.config.replay, self.device)
-            with torch.no_grad():
-                old_logits = self.teacher(old_images)
+            old_images, old_scores, old_logits = self.pool.sample(self.config.replay, self.device)
             images = torch.cat([images, old_images])
             logits = torch.cat([logits, old_logits])
             scores = torch.cat([scores, old_scores])
-        self.pool.add(fresh_images, fresh_scores)
+        self.pool.add(fresh_images, fresh_scores, fresh_logits)
         return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
 
     def state_dict(self) -> dict[str, Any]:

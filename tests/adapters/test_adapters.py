@@ -13,6 +13,7 @@ from torch import nn
 
 from dfkd_guard import Component, Guard, GuardConfig, hookimpl
 from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
+from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.adapters.checkpoint import load_checkpoint, save_atomic
 from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
 from dfkd_guard.adapters.training import train
@@ -125,7 +126,7 @@ def test_pool_stores_scores_and_replay_never_rescores(teacher, adapter) -> None:
     synthesizer.close()
 
 
-def test_vanilla_replay_adds_pooled_images_with_their_fresh_scores(teacher) -> None:
+def test_vanilla_replay_adds_pooled_images_with_their_fresh_logits_and_scores(teacher) -> None:
     torch.manual_seed(0)
     guard, spy = spy_guard(teacher)
     config = VanillaConfig(batch_size=8, replay=4, pool_size=12)
@@ -135,14 +136,40 @@ def test_vanilla_replay_adds_pooled_images_with_their_fresh_scores(teacher) -> N
     assert first.images.shape[0] == 8 and len(synthesizer.pool) == 8  # nothing to replay yet
     torch.testing.assert_close(synthesizer.pool.images, first.images)
     scored = list(spy.scored_sizes)
+    forwarded: list[int] = []
+    hook = teacher.register_forward_pre_hook(lambda module, inputs: forwarded.append(inputs[0].shape[0]))
     second = synthesizer.sample()
+    hook.remove()
     assert spy.scored_sizes == scored + [8]  # only the fresh half is scored
+    assert 4 not in forwarded  # replayed images reuse their stored logits
     assert second.images.shape[0] == 12 and second.weights.kd.shape == (12,)
-    replayed, replayed_scores = second.images[8:], second.scores[8:]
+    replayed = second.images[8:]
     stored = [int((first.images == image).flatten(1).all(dim=1).nonzero()) for image in replayed]
-    torch.testing.assert_close(replayed_scores, first.scores[stored])
+    torch.testing.assert_close(second.scores[8:], first.scores[stored])
+    torch.testing.assert_close(second.teacher_logits[8:], first.teacher_logits[stored])
     assert len(synthesizer.pool) == 12  # 16 added, the 4 oldest dropped
     synthesizer.close()
+
+
+def test_pool_keeps_logits_aligned_with_images_and_refuses_mixed_batches() -> None:
+    pool = ImagePool(max_size=5)
+    images, scores, logits = torch.rand(4, 3, 2, 2), torch.arange(4.0), torch.arange(8.0).view(4, 2)
+    pool.add(images, scores, logits)
+    pool.add(images[:2] + 1, scores[:2] + 10, logits[:2] + 100)  # the oldest image is dropped
+    assert len(pool) == 5
+    sampled_images, sampled_scores, sampled_logits = pool.sample(5)
+    for image, score, logit in zip(sampled_images, sampled_scores, sampled_logits):
+        index = int((pool.images == image).flatten(1).all(dim=1).nonzero())
+        assert score == pool.scores[index] and torch.equal(logit, pool.logits[index])
+    with pytest.raises(ValueError, match="pool holds logits; add\\(\\) got none"):
+        pool.add(images, scores)
+    with pytest.raises(ValueError, match="logits \\(B, K\\) for 4 images"):
+        ImagePool().add(images, scores, logits[:3])
+    bare = ImagePool()
+    bare.add(images, scores)
+    assert bare.sample(2)[2] is None
+    with pytest.raises(ValueError, match="pool holds no logits"):
+        bare.add(images, scores, logits)
 
 
 def test_pool_scores_are_nan_when_the_guard_is_off(teacher) -> None:
