@@ -29,23 +29,23 @@ samples. :class:`BNPrior` replaces those targets without real data:
    so, and the ``dfkd_guard`` logger logs it). Otherwise it is NTL-like.
 3. *Correct* (:meth:`BNPrior.target`), for an NTL-like teacher, by ``estimate``:
 
-   * ``"id_group"``: the ID-like group's moments (``mean = mu_id``,
-     ``var = m2_id - mu_id**2``). While synthesis matches the running
-     statistics, ``running_mean`` is the batch mean, the mixture of the two
-     groups in the proportion the split found; its ID component is ``mu_id``.
-   * ``"fitted"``: de-mix with the least-squares mixture weight
+   * ``"fitted"`` (the default): de-mix with the least-squares mixture weight
      ``a = <r - mu_ood, mu_id - mu_ood> / ||mu_id - mu_ood||^2`` (``r`` the
      running mean, clipped to ``[0.05, 1]``)::
 
          mean = (running_mean - (1 - a) * mu_ood) / a
          var  = (running_var + running_mean**2 - (1 - a) * m2_ood) / a - mean**2
 
-   * ``"fixed"``: the same with ``a = fixed_weight`` (DESIGN 7.1's first probe).
+   * ``"id_group"``: the ID-like group's moments (``mean = mu_id``,
+     ``var = m2_id - mu_id**2``). While synthesis matches the running
+     statistics, ``running_mean`` is the batch mean, the mixture of the two
+     groups in the proportion the split found; its ID component is ``mu_id``.
+   * ``"fixed"``: the fitted de-mixing with ``a = fixed_weight`` (DESIGN 7.1's first probe).
 
    Variances are floored at ``var_floor * running_var``. Before the verdict
    and for an ordinary teacher the targets are the running statistics.
 
-The fitted ``a`` is always computed and logged, as a diagnostic.
+The fitted ``a`` is computed and logged whatever the estimate.
 
 Everything here needs only teacher forwards the adapter already makes: the
 BN-layer inputs of the batches the guard scored.
@@ -117,7 +117,7 @@ class BNPriorConfig(BaseModel):
 
     demix: bool = Field(default=True, description="estimate and remove the OOD component of the BN prior (and calibrate)")
     split: SplitParams = Field(default_factory=SplitParams, description="how a scored batch is cut into ID-like and OOD-like samples (default: two-means on the scores)")
-    estimate: Literal["id_group", "fitted", "fixed"] = Field(default="id_group", description="corrected targets: the ID-like group's moments, or de-mixing with a fitted or fixed mixture weight")
+    estimate: Literal["id_group", "fitted", "fixed"] = Field(default="fitted", description="corrected targets: the ID-like group's moments, or de-mixing with a fitted or fixed mixture weight")
     fixed_weight: float = Field(default=0.5, gt=0.0, le=1.0, description="mixture weight a of estimate 'fixed'")
     ntl_separation: float = Field(default=0.1, ge=0.0, description="mean squared effect size between the groups at or above which the teacher is NTL-like")
     skip_batches: int = Field(default=300, ge=0, description="scored synthetic batches ignored at the start, before synthesis settles")

@@ -31,6 +31,7 @@ from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesiz
 from dfkd_guard.bench.data import build_setting
 from dfkd_guard.bench.metrics import OodProbe, collapse_rate, predict
 from dfkd_guard.bench.models import ConvNet, Generator
+from dfkd_guard.bench.runner import MEMORY_FORMAT
 from dfkd_guard.bench.teachers import TeacherConfig, load_or_train_teacher
 from dfkd_guard.adapters.bn_statistics import measure_bn_targets
 from dfkd_guard.bn_prior import BNPrior, FixedBNTargets
@@ -70,10 +71,10 @@ def main() -> None:
     p.add_argument("--latent", type=int, default=64)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--kd-steps", type=int, default=3)
-    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--student-lr", type=float, default=3e-3)
     p.add_argument("--constant-lr", action="store_true", help="no cosine decay of the student lr")
-    p.add_argument("--generator-lr", type=float, default=1e-2)
+    p.add_argument("--generator-lr", type=float, default=3e-3)
     p.add_argument("--bn", type=float, default=10.0)
     p.add_argument("--guard", default="", help="GuardConfig as JSON ('{}' = the default guard); empty = no guard")
     p.add_argument("--oracle", action="store_true", help="BN targets measured on real ID train images")
@@ -85,7 +86,7 @@ def main() -> None:
     p.add_argument("--replay", type=int, default=64, help="replayed images per student step (0 = fresh only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=16)
-    p.add_argument("--eval", type=int, default=100)
+    p.add_argument("--eval", type=int, default=200)
     p.add_argument("--cache", type=Path, default=Path("/tmp/dfkd-guard-recipe/teachers"))
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -95,14 +96,14 @@ def main() -> None:
         kind=a.kind, setting=a.setting, steps=a.teacher_steps, lr=a.teacher_lr, shift=a.teacher_shift,
         widths=a.teacher, image_size=a.image_size,
     )
-    teacher = load_or_train_teacher(teacher_config, a.cache, data=data)
+    teacher = load_or_train_teacher(teacher_config, a.cache, data=data).to(memory_format=MEMORY_FORMAT)
     probe = OodProbe(teacher.features, data.id_train.images[:2000], data.ood_train.images[:2000])
     torch.manual_seed(a.seed)
-    student = ConvNet(a.student, 10)
+    student = ConvNet(a.student, 10).to(memory_format=MEMORY_FORMAT)
     guard = Guard(GuardConfig.model_validate(json.loads(a.guard)) if a.guard else GuardConfig(enabled=False), teacher)
     config = VanillaConfig(**{**PRESETS["dfq"], "bn": a.bn}, batch_size=a.batch, generator_lr=a.generator_lr, replay=a.replay)
     synthesizer = VanillaSynthesizer(
-        teacher, student, Generator(a.latent, a.generator_width, img_size=a.image_size), a.latent, guard, config,
+        teacher, student, Generator(a.latent, a.generator_width, img_size=a.image_size).to(memory_format=MEMORY_FORMAT), a.latent, guard, config,
         image_shape=(3, a.image_size, a.image_size),
     )
     if a.generator_eval:
