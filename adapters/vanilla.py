@@ -16,9 +16,9 @@ weightings of the same terms: see :data:`PRESETS`.
 
 With ``replay > 0`` each student batch also carries ``replay`` earlier
 student images from an :class:`~dfkd_guard.adapters.pool.ImagePool` (with the
-teacher logits and scores they got when they were fresh), a memory bank against the student
-forgetting what the generator has moved away from (Binici et al., WACV 2022;
-Fast-DFKD replays its pool the same way).
+teacher logits and scores they got when they were fresh), a memory bank
+against the student forgetting what the generator has moved away from
+(Binici et al., WACV 2022; Fast-DFKD replays its pool the same way).
 """
 
 from __future__ import annotations
@@ -194,6 +194,7 @@ class VanillaSynthesizer(Synthesizer):
         fresh_images, fresh_logits, fresh_scores = images, logits, scores
         if len(self.pool):
             old_images, old_scores, old_logits = self.pool.sample(self.config.replay, self.device)
+            assert old_logits is not None  # every batch of this pool comes with its logits
             images = torch.cat([images, old_images])
             logits = torch.cat([logits, old_logits])
             scores = torch.cat([scores, old_scores])
