@@ -94,7 +94,8 @@ CODE_VERSION = "dfkd_guard.bench.runner/4"
 #: Evaluations averaged into a run's final metrics (IAcc is the mean of the last 3).
 FINAL_WINDOW = 3
 #: Memory format of the teachers, students and generators of the runs: channels-last
-#: convolutions make a DFKD iteration about 1.4x faster on CPU (``docs/benchmark.md``).
+#: convolutions (with the stored replay logits) took a vanilla iteration from 0.081 to
+#: 0.052 s on CPU (``docs/design_decisions.md``, "Bench models are channels-last").
 MEMORY_FORMAT = torch.channels_last
 #: Images per :meth:`Guard.score` call when scoring real test images (fixed, so scores never depend on it).
 _SCORE_CHUNK = 100
@@ -458,14 +459,16 @@ def _synthesizer(ctx: _Context, spec: RunSpec, teacher: ConvNet, student: ConvNe
 
     c = ctx.config
     shape = (3, c.image_size, c.image_size)
+
+    def generator() -> Generator:  # built here, after the student: the seeded draws stay in this order
+        return Generator(c.latent_dim, c.generator_width, img_size=c.image_size).to(memory_format=MEMORY_FORMAT)
+
     if spec.adapter == "vanilla":
-        generator = Generator(c.latent_dim, c.generator_width, img_size=c.image_size).to(memory_format=MEMORY_FORMAT)
-        return VanillaSynthesizer(teacher, student, generator, c.latent_dim, guard, c.vanilla, image_shape=shape)
+        return VanillaSynthesizer(teacher, student, generator(), c.latent_dim, guard, c.vanilla, image_shape=shape)
     if spec.adapter == "deepinversion":
         return DeepInversionSynthesizer(teacher, student, guard, c.deepinversion, image_shape=shape)
     if spec.adapter == "cmi":
-        generator = Generator(c.latent_dim, c.generator_width, img_size=c.image_size).to(memory_format=MEMORY_FORMAT)
-        return CMISynthesizer(teacher, student, generator, c.latent_dim, guard, c.cmi, image_shape=shape)
+        return CMISynthesizer(teacher, student, generator(), c.latent_dim, guard, c.cmi, image_shape=shape)
     raise ValueError(f"unknown adapter {spec.adapter!r}")
 
 
