@@ -29,18 +29,22 @@ samples. :class:`BNPrior` replaces those targets without real data:
    so, and the ``dfkd_guard`` logger logs it). Otherwise it is NTL-like.
 3. *Correct* (:meth:`BNPrior.target`), for an NTL-like teacher, by ``estimate``:
 
-   * ``"fitted"`` (the default): de-mix with the least-squares mixture weight
-     ``a = <r - mu_ood, mu_id - mu_ood> / ||mu_id - mu_ood||^2`` (``r`` the
-     running mean, clipped to ``[0.05, 1]``)::
+   * ``"fixed"`` (the default): remove the OOD component with the mixture
+     weight ``a = fixed_weight`` (0.5: Wang et al.'s NTL training with
+     equal-size ID and OOD batches; DESIGN 7.1's first probe)::
 
          mean = (running_mean - (1 - a) * mu_ood) / a
          var  = (running_var + running_mean**2 - (1 - a) * m2_ood) / a - mean**2
+
+   * ``"fitted"``: the same with the least-squares mixture weight
+     ``a = <r - mu_ood, mu_id - mu_ood> / ||mu_id - mu_ood||^2`` (``r`` the
+     running mean, clipped to ``[0.05, 1]``), for teachers trained with
+     another mixture.
 
    * ``"id_group"``: the ID-like group's moments (``mean = mu_id``,
      ``var = m2_id - mu_id**2``). While synthesis matches the running
      statistics, ``running_mean`` is the batch mean, the mixture of the two
      groups in the proportion the split found; its ID component is ``mu_id``.
-   * ``"fixed"``: the fitted de-mixing with ``a = fixed_weight`` (DESIGN 7.1's first probe).
 
    Variances are floored at ``var_floor * running_var``. Before the verdict
    and for an ordinary teacher the targets are the running statistics.
@@ -117,8 +121,8 @@ class BNPriorConfig(BaseModel):
 
     demix: bool = Field(default=True, description="estimate and remove the OOD component of the BN prior (and calibrate)")
     split: SplitParams = Field(default_factory=SplitParams, description="how a scored batch is cut into ID-like and OOD-like samples (default: two-means on the scores)")
-    estimate: Literal["id_group", "fitted", "fixed"] = Field(default="fitted", description="corrected targets: the ID-like group's moments, or de-mixing with a fitted or fixed mixture weight")
-    fixed_weight: float = Field(default=0.5, gt=0.0, le=1.0, description="mixture weight a of estimate 'fixed'")
+    estimate: Literal["id_group", "fitted", "fixed"] = Field(default="fixed", description="corrected targets: the ID-like group's moments, or de-mixing with a fixed or fitted mixture weight")
+    fixed_weight: float = Field(default=0.5, gt=0.0, le=1.0, description="mixture weight a of estimate 'fixed' (0.5: NTL training with equal-size ID and OOD batches)")
     ntl_separation: float = Field(default=0.1, ge=0.0, description="mean squared effect size between the groups at or above which the teacher is NTL-like")
     skip_batches: int = Field(default=300, ge=0, description="scored synthetic batches ignored at the start, before synthesis settles")
     warmup_batches: int = Field(default=300, ge=1, description="scored synthetic batches observed (after the skipped ones) before a is fitted and frozen")

@@ -194,7 +194,8 @@ def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
         "seed": spec.seed,
         "teacher": teacher_config(config, spec.setting, spec.teacher).model_dump(mode="json"),
         "ntl_teacher": teacher_config(config, spec.setting, ntl_kind(spec.setting)).model_dump(mode="json"),
-        "guard": guard.model_dump(mode="json"),
+        # a disabled guard affects the run only through its normalization: the guard defaults stay out of the id
+        "guard": guard.model_dump(mode="json") if spec.guarded else {"enabled": False, "normalization": guard.normalization.model_dump(mode="json")},
         "histogram_scorer": config.guard.scorer.model_dump(mode="json"),
         "adapter_config": adapter_config.model_dump(mode="json"),
         "budget": config.budgets[spec.adapter].model_dump(mode="json"),

@@ -18,6 +18,7 @@ from dfkd_guard.bench.runner import (
     final_metrics,
     preflight,
     prediction_metrics,
+    run_config,
     run_id,
 )
 from dfkd_guard.cli import main
@@ -179,6 +180,8 @@ def test_run_ids_are_stable_and_follow_the_run_config() -> None:
     sl = RunSpec("backdoor", "vanilla", "sl", 0)
     soft = config.updated(guard={**config.guard.model_dump(mode="json"), "weighting": "soft"})
     assert run_id(soft, sl) == run_id(config, sl) and run_id(soft, spec) != run_id(config, spec)
+    # nor on the library's guard defaults: a disabled guard enters the id by its normalization alone
+    assert run_config(config, sl)["guard"] == {"enabled": False, "normalization": config.guard.normalization.model_dump(mode="json")}
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch) -> None:
