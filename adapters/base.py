@@ -148,7 +148,7 @@ class Synthesizer(ABC):
         if scores is None:
             scores = self.score(images, logits)
         if self.bn_statistics is not None and self.guard.enabled:
-            self.guard.observe_bn(self.bn_statistics.recorded_inputs(), scores)
+            self.guard.observe_bn(self.bn_statistics.recorded_inputs(), scores, images)
         return logits, scores
 
     def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,16 +187,31 @@ def student_step(
 ) -> dict[str, float]:
     """One optimiser step of the student on a guarded batch.
 
+    Images the guard recalls from its trap memory (:meth:`Guard.recall`)
+    join the batch with KD weight 0, in its forget set; their teacher logits
+    are zeros, which the KD weight 0 keeps out of the loss.
+
     :returns: ``loss/student``, ``guard/kept`` (mean KD weight) and
-        ``guard/forgotten`` (share of the forget set).
+        ``guard/forgotten`` (share of the forget set), over the batch with
+        the recalled images.
     """
+    images, logits, weights = batch.images, batch.teacher_logits, batch.weights
+    recalled = guard.recall()
+    if recalled is not None:
+        count = recalled.shape[0]
+        images = torch.cat([images, recalled.to(images)])
+        logits = torch.cat([logits, logits.new_zeros((count, logits.shape[1]))])
+        weights = SampleWeights(
+            torch.cat([weights.kd, weights.kd.new_zeros(count)]),
+            torch.cat([weights.forget, weights.forget.new_ones(count)]),
+        )
     student.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = guard.student_loss(student(batch.images), batch.teacher_logits, batch.weights)
+    loss = guard.student_loss(student(images), logits, weights)
     loss.backward()
     optimizer.step()
     return {
         "loss/student": float(loss.detach()),
-        "guard/kept": batch.weights.kept_fraction,
-        "guard/forgotten": batch.weights.forgotten_fraction,
+        "guard/kept": weights.kept_fraction,
+        "guard/forgotten": weights.forgotten_fraction,
     }

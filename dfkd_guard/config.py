@@ -92,6 +92,12 @@ class ForgetConfig(BaseModel):
         default="uniform", description="'uniform': KL(uniform || student); 'none': no term"
     )
     weight: float = Field(default=1.0, ge=0.0, description="lambda, multiplier of the forgetting term")
+    memory: int = Field(
+        default=0,
+        ge=0,
+        description="OOD-like images of the BN-prior warm-up kept for the student to forget after an NTL-like verdict (0: none; dfkd_guard/trap_memory.py)",
+    )
+    recall: int = Field(default=32, ge=1, description="trap-memory images added to every student batch, in its forget set")
 
 
 class FileConfig(BaseModel):
@@ -170,6 +176,10 @@ class GuardConfig(FileConfig):
                 "rule 'flip' needs a signed-margin score (positive = prediction survives the attack); "
                 "use scorer 'atesc' with params.measure = 'margin'",
             )
+        if self.forget.memory and self.forget.kind == "none":
+            raise ConfigError("forget.memory", "a trap memory needs a forgetting term; set forget.kind = 'uniform'")
+        if self.forget.memory and not self.bn_prior.demix:
+            raise ConfigError("forget.memory", "the trap memory is filled during the BN-prior warm-up; set bn_prior.demix = true")
         return ResolvedConfig(scorer=scorer, weighting=weighting, penalties=penalties)
 
 

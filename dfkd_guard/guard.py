@@ -12,7 +12,10 @@ Adapters that match the teacher's BatchNorm statistics also hand the guard
 the BN-layer inputs of each scored batch (:meth:`Guard.observe_bn`) and take
 their BN targets from :attr:`Guard.bn_prior` (:mod:`dfkd_guard.bn_prior`):
 this de-mixes an NTL teacher's BN prior and calibrates the guard, which
-forgets nothing until the warm-up has judged the teacher NTL-like.
+forgets nothing until the warm-up has judged the teacher NTL-like. With a
+trap memory (``forget.memory``), the OOD-like images of the warm-up are
+kept, and after an NTL-like verdict :meth:`Guard.recall` hands some of them
+back for every student batch to forget (:mod:`dfkd_guard.trap_memory`).
 
 Images passed to a guard are in the teacher's input units (already normalised
 the way the teacher was trained); ``config.normalization`` tells the guard
@@ -35,6 +38,7 @@ from dfkd_guard.losses import student_loss
 from dfkd_guard.plugins import PluginRegistry
 from dfkd_guard.sample_weights import SampleWeights
 from dfkd_guard.teacher_state import quiet_teacher
+from dfkd_guard.trap_memory import TrapMemory
 from dfkd_guard.weightings import ood_mask
 
 __all__ = ["Guard"]
@@ -98,6 +102,10 @@ class Guard:
         self.bn_prior: BNPrior | None = (
             BNPrior(config.bn_prior, layers) if config.enabled and config.bn_prior.demix and layers else None
         )
+        #: OOD-like warm-up images to forget after an NTL-like verdict; None without ``forget.memory``.
+        self.trap_memory: TrapMemory | None = (
+            TrapMemory(config.forget.memory) if self.bn_prior is not None and config.forget.memory else None
+        )
         self._bn_observed = False
 
     def __repr__(self) -> str:
@@ -106,7 +114,9 @@ class Guard:
         return (
             f"Guard(enabled={self.config.enabled}, scorer={c.scorer.name}({_params(c.scorer.params)}), "
             f"weighting={c.weighting.name}({_params(c.weighting.params)}), penalties=[{penalties}], "
-            f"forget={self.config.forget.kind}*{self.config.forget.weight:g}, tau={self.config.kd_temperature:g}, "
+            f"forget={self.config.forget.kind}*{self.config.forget.weight:g}"
+            f"{f' (trap memory {len(self.trap_memory)}/{self.trap_memory.capacity})' if self.trap_memory is not None else ''}, "
+            f"tau={self.config.kd_temperature:g}, "
             f"bn_prior={self.bn_prior.verdict if self.bn_prior is not None else 'off'})"
         )
 
@@ -226,7 +236,9 @@ class Guard:
 
     # -- BN prior ----------------------------------------------------------
 
-    def observe_bn(self, inputs: Sequence[torch.Tensor], scores: torch.Tensor) -> None:
+    def observe_bn(
+        self, inputs: Sequence[torch.Tensor], scores: torch.Tensor, images: torch.Tensor | None = None
+    ) -> None:
         """Feed the BN prior one scored batch: its BN-layer inputs and the OOD-like side of its scores.
 
         The cut is ``config.bn_prior.split`` (independent of the student's
@@ -236,25 +248,56 @@ class Guard:
         :param inputs: per BN layer of the teacher (module order), the layer's
             input on the batch, float (B, C, ...), as the adapter's BN hooks recorded it.
         :param scores: float (B,) the batch's OOD scores.
+        :param images: the batch itself, float (B, C, H, W) in teacher input
+            units; its OOD-like images of the batches the warm-up estimates
+            from go to the trap memory (if configured; ignored otherwise).
         """
         if self.bn_prior is None:
             return
         self._bn_observed = True
         if self.bn_prior.observing:
             _check_scores(scores)
-            self.bn_prior.observe(inputs, ood_mask(scores.detach(), self.config.bn_prior.split))
+            ood_like = ood_mask(scores.detach(), self.config.bn_prior.split)
+            self.bn_prior.observe(inputs, ood_like)
+            if self.trap_memory is not None and images is not None and self.bn_prior.seen > self.config.bn_prior.skip_batches:
+                _check_images(images)
+                if images.shape[0] != ood_like.shape[0]:
+                    raise ValueError(f"images has batch {images.shape[0]}, scores {ood_like.shape[0]}")
+                self.trap_memory.add(images[ood_like.to(images.device)])
+
+    def recall(self) -> torch.Tensor | None:
+        """Trap-memory images for the next student batch to forget, or None.
+
+        ``config.forget.recall`` images (float (N, C, H, W), teacher input
+        units) once the BN prior has judged the teacher NTL-like; None before
+        the verdict, for an ordinary teacher, and without a trap memory. Put
+        them in the student's batch with KD weight 0 and in its forget set
+        (the adapters' ``student_step`` does).
+        """
+        memory = self.trap_memory
+        if memory is None or not len(memory) or self.bn_prior is None or not self.bn_prior.correcting:
+            return None
+        return memory.recall(self.config.forget.recall)
 
     def state_dict(self) -> dict[str, Any]:
-        """The guard's run state (the BN prior's estimate), plain tensors and data."""
-        return {"bn_observed": self._bn_observed, "bn_prior": self.bn_prior.state_dict() if self.bn_prior is not None else None}
+        """The guard's run state (the BN prior's estimate, the trap memory), plain tensors and data."""
+        return {
+            "bn_observed": self._bn_observed,
+            "bn_prior": self.bn_prior.state_dict() if self.bn_prior is not None else None,
+            "trap_memory": self.trap_memory.state_dict() if self.trap_memory is not None else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         if (state["bn_prior"] is None) != (self.bn_prior is None):
             raise ValueError("guard state was saved with a different bn_prior setting")
+        if (state["trap_memory"] is None) != (self.trap_memory is None):
+            raise ValueError("guard state was saved with a different forget.memory setting")
         self._bn_observed = bool(state["bn_observed"])
         if self.bn_prior is not None:
             self.bn_prior.load_state_dict(state["bn_prior"])
+        if self.trap_memory is not None:
+            self.trap_memory.load_state_dict(state["trap_memory"])
 
     # -- losses ------------------------------------------------------------
 

@@ -339,15 +339,17 @@ class BenchSummary:
 
 
 def preflight(config: BenchConfig) -> None:
-    """Check the guard and every AUROC scorer against the registered plugins before any training.
+    """Check the guard, its variants and every AUROC scorer against the registered plugins before any training.
 
-    :raises ConfigError: naming ``guard.<field>`` or ``auroc_scorers[i]``.
+    :raises ConfigError: naming ``guard.<field>``, ``guard_variants.<name>.<field>`` or ``auroc_scorers[i]``.
     """
     components = PluginRegistry().component_map()
-    try:
-        config.guard.resolve(components)
-    except ConfigError as exc:
-        raise ConfigError(f"guard.{exc.field}", str(exc).split(": ", 1)[-1]) from exc
+    guards = {"guard": config.guard, **{f"guard_variants.{name}": g for name, g in config.guard_variants.items()}}
+    for where, guard in guards.items():
+        try:
+            guard.resolve(components)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc.field}", str(exc).split(": ", 1)[-1]) from exc
     for i, name in enumerate(config.auroc_scorers):
         if ("scorer", name) not in components:
             known = sorted(n for k, n in components if k == "scorer")

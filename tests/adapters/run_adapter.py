@@ -43,9 +43,13 @@ def main() -> None:
     teacher = ConvNet((8, 16, 32))
     teacher.load_state_dict(torch.load(args.teacher, weights_only=True))
     plugins = [KillAt(args.kill_at)] if args.kill_at >= 0 else []
-    # a short BN-prior warm-up: the verdict and the fitted weights fall inside the run and must survive a resume
+    # a short BN-prior warm-up judging any teacher NTL-like (ntl_separation 0), with a verdict in iteration 2
+    # (scored batches 1-3 of 2 per iteration): the checkpoint after it holds the corrected targets and the trap
+    # memory's images and read position, which must survive a resume
     config = GuardConfig(
-        scorer={"name": "atesc", "params": {"steps": 1}}, bn_prior={"skip_batches": 2, "warmup_batches": 3}
+        scorer={"name": "atesc", "params": {"steps": 1}},
+        forget={"memory": 16, "recall": 4},
+        bn_prior={"skip_batches": 1, "warmup_batches": 2, "ntl_separation": 0.0},
     )
     guard = Guard(config, teacher.eval(), plugins=plugins, load_entrypoints=False)
     synthesizer, optimizer, scheduler = make_adapter(args.adapter, teacher, guard)

@@ -159,6 +159,9 @@ def test_config_files_and_names_checked_before_training(tmp_path, capsys) -> Non
         preflight(BenchConfig.tiny(guard={"scorer": "no_such_scorer"}))
     assert info.value.field == "guard.scorer.name"
     with pytest.raises(ConfigError) as info:
+        preflight(BenchConfig.tiny(guard_variants={"memory": {"forget": {"kind": "none", "memory": 64}}}))
+    assert info.value.field == "guard_variants.memory.forget.memory" and "forget.kind" in str(info.value)
+    with pytest.raises(ConfigError) as info:
         preflight(BenchConfig.tiny(auroc_scorers=["msp", "nope"]))
     assert info.value.field == "auroc_scorers[1]"
 
