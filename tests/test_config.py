@@ -54,7 +54,7 @@ def test_shorthand_names_and_defaults() -> None:
     # defaults: atesc scores drive the BN-prior de-mixing; no student-side split or forgetting (docs/bn_prior.md)
     assert GuardConfig().scorer.name == "atesc" and GuardConfig().weighting.name == "none"
     assert GuardConfig().penalties == () and GuardConfig().forget.kind == "none"
-    assert GuardConfig().bn_prior.demix and GuardConfig().bn_prior.estimate == "fixed"
+    assert GuardConfig().bn_prior.demix and GuardConfig().bn_prior.estimate == "fitted"
 
 
 @pytest.mark.parametrize(

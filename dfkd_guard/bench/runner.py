@@ -194,8 +194,7 @@ def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
         "seed": spec.seed,
         "teacher": teacher_config(config, spec.setting, spec.teacher).model_dump(mode="json"),
         "ntl_teacher": teacher_config(config, spec.setting, ntl_kind(spec.setting)).model_dump(mode="json"),
-        # a disabled guard affects the run only through its normalization: the guard defaults stay out of the id
-        "guard": guard.model_dump(mode="json") if spec.guarded else {"enabled": False, "normalization": guard.normalization.model_dump(mode="json")},
+        "guard": guard_record(guard, spec.guarded),
         "histogram_scorer": config.guard.scorer.model_dump(mode="json"),
         "adapter_config": adapter_config.model_dump(mode="json"),
         "budget": config.budgets[spec.adapter].model_dump(mode="json"),
@@ -208,6 +207,24 @@ def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
         "probe_images": config.probe_images,
         "test_images": config.test_images,
     }
+
+
+def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
+    """The guard's part of a run config: the fields that can change the run's result.
+
+    A disabled guard acts only through its normalization, so the guard's
+    other fields (and their defaults) stay out of an unguarded run's id.
+    Without a trap memory (``forget.memory = 0``) its fields change nothing
+    and stay out too: a guard without one hashes as it did before the trap
+    memory existed, which keeps the runs stored then valid.
+    """
+    if not guarded:
+        return {"enabled": False, "normalization": guard.normalization.model_dump(mode="json")}
+    record = guard.model_dump(mode="json")
+    if not guard.forget.memory:
+        for key in ("memory", "recall"):
+            del record["forget"][key]
+    return record
 
 
 def _digest(data: Any) -> str:

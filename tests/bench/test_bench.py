@@ -185,6 +185,10 @@ def test_run_ids_are_stable_and_follow_the_run_config() -> None:
     assert run_id(soft, sl) == run_id(config, sl) and run_id(soft, spec) != run_id(config, spec)
     # nor on the library's guard defaults: a disabled guard enters the id by its normalization alone
     assert run_config(config, sl)["guard"] == {"enabled": False, "normalization": config.guard.normalization.model_dump(mode="json")}
+    # the trap memory's fields enter a guarded run's id only when it has a trap memory
+    assert set(run_config(config, spec)["guard"]["forget"]) == {"kind", "weight"}
+    memory = config.updated(guard={"forget": {"memory": 64}})
+    assert run_config(memory, spec)["guard"]["forget"]["memory"] == 64 and run_id(memory, spec) != run_id(config, spec)
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch) -> None:
