@@ -39,10 +39,10 @@ samples. :class:`BNPrior` replaces those targets without real data:
 
    * ``"fixed"``: the same with ``a = fixed_weight`` (0.5: Wang et al.'s NTL
      training with equal-size ID and OOD batches; DESIGN 7.1's first probe).
-     It removes more of the OOD group's mean than the fitted ``a`` (0.55-0.9
-     on the benchmark's teachers), which cleared MNIST-M synthesis of OOD
-     samples but cost 13 points of IAcc in the backdoor setting
-     (``docs/bn_prior.md``).
+     It removes more of the OOD group's mean than the fitted ``a`` (0.55-0.88
+     on the benchmark's NTL teachers), which cleared MNIST-M synthesis of OOD
+     samples but cost 13.5 points of IAcc in the backdoor setting and 41 in
+     the open-set one (``docs/bn_prior.md``).
    * ``"id_group"``: the ID-like group's moments (``mean = mu_id``,
      ``var = m2_id - mu_id**2``). While synthesis matches the running
      statistics, ``running_mean`` is the batch mean, the mixture of the two
@@ -178,23 +178,25 @@ class BNPrior:
         """True while the warm-up still wants batches."""
         return self.config.demix and self.verdict == "warming up" and bool(self.layers)
 
-    def observe(self, inputs: Sequence[torch.Tensor], ood_like: torch.Tensor) -> None:
+    def observe(self, inputs: Sequence[torch.Tensor], ood_like: torch.Tensor) -> bool:
         """Add one scored batch to the warm-up estimate.
 
         :param inputs: per BN layer, that layer's input on the batch, float (B, C, ...).
         :param ood_like: bool (B,): the guard's split, True = OOD-like.
+        :returns: whether the batch went into the estimate (False when it was
+            skipped, had an empty group, or came after the warm-up).
         :raises ValueError: the number of layers or the batch size does not match.
         """
         if not self.observing:
-            return
+            return False
         if len(inputs) != len(self.layers):
             raise ValueError(f"got inputs of {len(inputs)} BN layers, the teacher has {len(self.layers)}")
         self.seen += 1
         if self.seen <= self.config.skip_batches:
-            return
+            return False
         ood_like = ood_like.bool()
         if ood_like.all() or not ood_like.any():
-            return  # one group is empty: nothing to separate in this batch
+            return False  # one group is empty: nothing to separate in this batch
         for x, id_group, ood_group in zip(inputs, self._id, self._ood):
             if x.shape[0] != ood_like.shape[0]:
                 raise ValueError(f"BN input has batch {x.shape[0]}, the split {ood_like.shape[0]}")
@@ -205,6 +207,7 @@ class BNPrior:
         self.observed += 1
         if self.observed >= self.config.warmup_batches:
             self._decide()
+        return True
 
     def _decide(self) -> None:
         self.weights = [self._fit(layer, i) for i, layer in enumerate(self.layers)]

@@ -258,8 +258,8 @@ class Guard:
         if self.bn_prior.observing:
             _check_scores(scores)
             ood_like = ood_mask(scores.detach(), self.config.bn_prior.split)
-            self.bn_prior.observe(inputs, ood_like)
-            if self.trap_memory is not None and images is not None and self.bn_prior.seen > self.config.bn_prior.skip_batches:
+            estimated = self.bn_prior.observe(inputs, ood_like)
+            if self.trap_memory is not None and images is not None and estimated:
                 _check_images(images)
                 if images.shape[0] != ood_like.shape[0]:
                     raise ValueError(f"images has batch {images.shape[0]}, scores {ood_like.shape[0]}")

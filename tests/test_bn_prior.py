@@ -97,7 +97,7 @@ def test_the_first_batches_are_skipped() -> None:
     prior = BNPrior(BNPriorConfig(skip_batches=3, warmup_batches=40, momentum=0.5), [layer])
     junk = torch.full((32, CHANNELS, 6, 6), 100.0)  # would wreck the estimate if it were used
     for _ in range(3):
-        prior.observe([junk], torch.arange(32) % 2 == 0)
+        assert not prior.observe([junk], torch.arange(32) % 2 == 0)
     assert prior.seen == 3 and prior.observed == 0
     warm_up(prior)
     assert prior.weights == [pytest.approx(0.4, abs=0.03)]
@@ -105,8 +105,9 @@ def test_the_first_batches_are_skipped() -> None:
 
 def test_batches_with_an_empty_group_are_not_counted() -> None:
     prior = BNPrior(BNPriorConfig(skip_batches=0, warmup_batches=2), [mixed_layer(0.5)])
-    prior.observe([torch.randn(4, CHANNELS, 2, 2)], torch.zeros(4, dtype=torch.bool))
+    assert not prior.observe([torch.randn(4, CHANNELS, 2, 2)], torch.zeros(4, dtype=torch.bool))
     assert prior.observed == 0
+    assert prior.observe([torch.randn(4, CHANNELS, 2, 2)], torch.tensor([True, False, True, False]))
 
 
 def test_observe_rejects_the_wrong_number_of_layers() -> None:

@@ -142,6 +142,7 @@ def test_a_student_step_forgets_the_recalled_images() -> None:
         after = uniform_divergence(student(recalled)).mean()
     assert after < 0.5 * before
 
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
