@@ -26,6 +26,7 @@ from torch import nn
 
 from dfkd_guard import Guard, SampleWeights
 from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
+from dfkd_guard.adapters.pool import ImagePool
 
 __all__ = ["SynthesisResult", "StudentBatch", "Synthesizer", "student_step"]
 
@@ -150,6 +151,17 @@ class Synthesizer(ABC):
         if self.bn_statistics is not None and self.guard.enabled:
             self.guard.observe_bn(self.bn_statistics.recorded_inputs(), scores, images)
         return logits, scores
+
+    def drop_trapped(self, pool: ImagePool) -> None:
+        """Drop the pool's trapped images, once after an NTL-like verdict (:meth:`Guard.take_trapped`).
+
+        Adapters with a pool call it before every draw; a no-op unless
+        ``bn_prior.drop_trapped`` is on and the verdict has just come.
+        """
+        if self.guard.enabled and len(pool) and pool.scores is not None:
+            trapped = self.guard.take_trapped(pool.scores)
+            if trapped is not None:
+                pool.keep(~trapped)
 
     def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
         """OOD scores of a batch, or NaN for every sample when the guard is off or needs no scores."""

@@ -160,6 +160,7 @@ class DeepInversionSynthesizer(Synthesizer):
 
     def sample(self) -> StudentBatch:
         """A random pool batch with its stored scores: replay never rescores."""
+        self.drop_trapped(self.pool)
         images, scores, _ = self.pool.sample(self.config.student_batch_size, self.device)
         return self.student_batch(images, scores)
 

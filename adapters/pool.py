@@ -68,6 +68,20 @@ class ImagePool:
             if self.logits is not None:
                 self.logits = self.logits[-self.max_size :]
 
+    def keep(self, mask: torch.Tensor) -> None:
+        """Keep only the images where ``mask`` (bool (N,)) is True, in their order.
+
+        :raises ValueError: the mask does not have one entry per pooled image.
+        """
+        if mask.shape != (len(self),):
+            raise ValueError(f"keep() needs a bool mask ({len(self)},), got {tuple(mask.shape)}")
+        if self.images is None or self.scores is None:
+            return
+        index = mask.bool().cpu()
+        self.images, self.scores = self.images[index], self.scores[index]
+        if self.logits is not None:
+            self.logits = self.logits[index]
+
     def sample(
         self, batch_size: int, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -26,7 +26,7 @@ from dfkd_guard.adapters.checkpoint import load_checkpoint, rng_state, save_atom
 
 __all__ = ["TrainResult", "train"]
 
-CHECKPOINT_FORMAT = 5  # 4: the vanilla replay pool holds teacher logits; 5: the guard state holds the trap memory
+CHECKPOINT_FORMAT = 6  # 4: the vanilla replay pool holds teacher logits; 5: the guard state holds the trap memory; 6: and whether the pool's trapped images are still to drop
 
 
 @dataclass

@@ -192,6 +192,7 @@ class VanillaSynthesizer(Synthesizer):
             return self.student_batch(images)
         logits, scores = self.teacher_view(images)
         fresh_images, fresh_logits, fresh_scores = images, logits, scores
+        self.drop_trapped(self.pool)
         if len(self.pool):
             old_images, old_scores, old_logits = self.pool.sample(self.config.replay, self.device)
             assert old_logits is not None  # every batch of this pool comes with its logits

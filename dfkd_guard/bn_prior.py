@@ -130,6 +130,10 @@ class BNPriorConfig(BaseModel):
     warmup_batches: int = Field(default=300, ge=1, description="scored synthetic batches observed (after the skipped ones) before a is fitted and frozen")
     momentum: float = Field(default=0.95, ge=0.0, lt=1.0, description="EMA momentum of the observed moments (weight of the old value)")
     var_floor: float = Field(default=0.01, gt=0.0, le=1.0, description="corrected variance >= var_floor * running_var")
+    drop_trapped: bool = Field(
+        default=False,
+        description="at an NTL-like verdict, adapters with an image pool drop the pooled images the split calls OOD-like (synthesised against the mixed prior)",
+    )
 
 
 class _GroupMoments:

@@ -24,6 +24,7 @@ how those units relate to [0, 1] pixels.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ from dfkd_guard.trap_memory import TrapMemory
 from dfkd_guard.weightings import ood_mask
 
 __all__ = ["Guard"]
+
+logger = logging.getLogger("dfkd_guard")
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -107,6 +110,7 @@ class Guard:
             TrapMemory(config.forget.memory) if self.bn_prior is not None and config.forget.memory else None
         )
         self._bn_observed = False
+        self._trapped_pending = False
 
     def __repr__(self) -> str:
         c = self.resolved
@@ -259,11 +263,38 @@ class Guard:
             _check_scores(scores)
             ood_like = ood_mask(scores.detach(), self.config.bn_prior.split)
             estimated = self.bn_prior.observe(inputs, ood_like)
+            self._trapped_pending = self.config.bn_prior.drop_trapped and self.bn_prior.correcting
             if self.trap_memory is not None and images is not None and estimated:
                 _check_images(images)
                 if images.shape[0] != ood_like.shape[0]:
                     raise ValueError(f"images has batch {images.shape[0]}, scores {ood_like.shape[0]}")
                 self.trap_memory.add(images[ood_like.to(images.device)])
+
+    def take_trapped(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Which pooled images to drop at the verdict, once: the OOD-like side of the BN-prior split.
+
+        With ``bn_prior.drop_trapped``, the first call after an NTL-like
+        verdict returns bool (N,), True for the images synthesis produced in
+        the OOD region (``config.bn_prior.split`` of their stored scores, cut
+        over the whole pool's finite scores; images stored with a NaN score,
+        unscored because they were synthesised after the verdict, are never
+        trapped); every other call returns None. An adapter with
+        an image pool calls it before each draw and drops the True images,
+        so that what the pool replays after the correction was not
+        synthesised against the mixed prior and scored OOD-like.
+
+        :param scores: float (N,) the stored OOD scores of the pooled images.
+        """
+        if not self._trapped_pending:
+            return None
+        _check_scores(scores)
+        self._trapped_pending = False
+        scored = torch.isfinite(scores)
+        trapped = torch.zeros_like(scores, dtype=torch.bool)
+        if scored.any():
+            trapped[scored] = ood_mask(scores.detach()[scored], self.config.bn_prior.split)
+        logger.info("BN prior: dropping %d of %d pooled images as trapped (OOD-like, synthesised before the correction)", int(trapped.sum()), trapped.numel())
+        return trapped
 
     def recall(self) -> torch.Tensor | None:
         """Trap-memory images for the next student batch to forget, or None.
@@ -283,6 +314,7 @@ class Guard:
         """The guard's run state (the BN prior's estimate, the trap memory), plain tensors and data."""
         return {
             "bn_observed": self._bn_observed,
+            "trapped_pending": self._trapped_pending,
             "bn_prior": self.bn_prior.state_dict() if self.bn_prior is not None else None,
             "trap_memory": self.trap_memory.state_dict() if self.trap_memory is not None else None,
         }
@@ -294,6 +326,7 @@ class Guard:
         if (state["trap_memory"] is None) != (self.trap_memory is None):
             raise ValueError("guard state was saved with a different forget.memory setting")
         self._bn_observed = bool(state["bn_observed"])
+        self._trapped_pending = bool(state["trapped_pending"])
         if self.bn_prior is not None:
             self.bn_prior.load_state_dict(state["bn_prior"])
         if self.trap_memory is not None:

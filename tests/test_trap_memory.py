@@ -1,4 +1,5 @@
-"""The trap memory: FIFO storage of warm-up OOD-like images, cyclic recall, the guard's use of it."""
+"""What the guard does with the trap after an NTL-like verdict: the trap memory (FIFO storage of warm-up
+OOD-like images, cyclic recall, the student step) and the pooled images it tells adapters to drop."""
 
 from __future__ import annotations
 
@@ -141,6 +142,27 @@ def test_a_student_step_forgets_the_recalled_images() -> None:
     with torch.no_grad():
         after = uniform_divergence(student(recalled)).mean()
     assert after < 0.5 * before
+
+
+@pytest.mark.parametrize(("a", "drop", "dropped"), [(0.4, True, True), (0.4, False, False), (1.0, True, False)])
+def test_the_guard_names_the_trapped_pool_images_once_after_an_ntl_like_verdict(a: float, drop: bool, dropped: bool) -> None:
+    config = GuardConfig(scorer="msp", bn_prior={"skip_batches": 1, "warmup_batches": 4, "momentum": 0.5, "drop_trapped": drop})
+    guard = Guard(config, TwoLayer(a).eval(), load_entrypoints=False)
+    pool_scores = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.85, float("nan")])  # NaN: pooled unscored, after the verdict
+    generator = torch.Generator().manual_seed(0)
+    ood = torch.arange(8) % 2 == 0
+    for _ in range(5):
+        assert guard.take_trapped(pool_scores) is None  # nothing before the verdict
+        guard.observe_bn([batch(ood & (a < 1), generator)], ood.float())
+    resumed = Guard(config, TwoLayer(a).eval(), load_entrypoints=False)
+    resumed.load_state_dict(guard.state_dict())
+    for current in (guard, resumed):  # a checkpoint taken between the verdict and the drop still drops
+        trapped = current.take_trapped(pool_scores)
+        if dropped:
+            assert trapped is not None and trapped.tolist() == [False, True, False, True, True, False]
+        else:
+            assert trapped is None
+        assert current.take_trapped(pool_scores) is None  # once
 
 
 @pytest.mark.parametrize(

@@ -214,16 +214,18 @@ def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
 
     A disabled guard acts only through its normalization, so the guard's
     other fields (and their defaults) stay out of an unguarded run's id.
-    Without a trap memory (``forget.memory = 0``) its fields change nothing
-    and stay out too: a guard without one hashes as it did before the trap
-    memory existed, which keeps the runs stored then valid.
+    Fields added after runs were stored stay out while they are off (no trap
+    memory, ``forget.memory = 0``, and its ``recall``; ``bn_prior.drop_trapped``
+    false): such a guard hashes as it did before they existed, which keeps
+    the runs stored then valid.
     """
     if not guarded:
         return {"enabled": False, "normalization": guard.normalization.model_dump(mode="json")}
     record = guard.model_dump(mode="json")
     if not guard.forget.memory:
-        for key in ("memory", "recall"):
-            del record["forget"][key]
+        del record["forget"]["memory"], record["forget"]["recall"]
+    if not guard.bn_prior.drop_trapped:
+        del record["bn_prior"]["drop_trapped"]
     return record
 
 

@@ -19,6 +19,7 @@ from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversion
 from dfkd_guard.adapters.training import train
 from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesizer
 from dfkd_guard.bench.models import ConvNet, Generator
+from dfkd_guard.weightings import ood_mask
 from tests.adapters.adapter_factory import ADAPTERS, ITERATIONS, make_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,6 +171,43 @@ def test_pool_keeps_logits_aligned_with_images_and_refuses_mixed_batches() -> No
     assert bare.sample(2)[2] is None
     with pytest.raises(ValueError, match="pool holds no logits"):
         bare.add(images, scores, logits)
+
+
+def test_pool_keep_drops_images_with_their_scores_and_logits() -> None:
+    pool = ImagePool()
+    pool.add(torch.arange(4.0).view(4, 1, 1, 1), torch.arange(4.0) + 10, torch.arange(8.0).view(4, 2))
+    pool.keep(torch.tensor([True, False, True, False]))
+    assert pool.images.flatten().tolist() == [0.0, 2.0] and pool.scores.tolist() == [10.0, 12.0]
+    assert pool.logits.tolist() == [[0.0, 1.0], [4.0, 5.0]]
+    with pytest.raises(ValueError, match=r"keep\(\) needs a bool mask \(2,\), got \(4,\)"):
+        pool.keep(torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("drop", [True, False])
+def test_the_pool_drops_its_trapped_images_once_at_the_verdict(teacher, adapter, drop) -> None:
+    torch.manual_seed(0)
+    # one observed batch decides, and a separation threshold of 0 always judges NTL-like
+    prior = {"skip_batches": 0, "warmup_batches": 1, "ntl_separation": 0.0, "drop_trapped": drop}
+    guard = Guard(GuardConfig(scorer="energy", bn_prior=prior), teacher, load_entrypoints=False)
+    synthesizer, _, _ = make_adapter(adapter, teacher, guard)
+    pool = synthesizer.pool
+    synthesizer.synthesize()
+    synthesizer.sample()  # the verdict (the vanilla adapter pools this batch after its draw)
+    assert guard.bn_prior is not None and guard.bn_prior.verdict == "ntl-like"
+    images, scores = pool.images.clone(), pool.scores.clone()
+    trapped = ood_mask(scores, guard.config.bn_prior.split)
+    assert trapped.any() and not trapped.all()
+    synthesizer.synthesize()  # DeepInversion and CMI pool a round after the verdict, unscored (weighting none)
+    added = pool.images[len(images) :].clone()
+    assert torch.isnan(pool.scores[len(images) :]).all() and len(added) == (0 if adapter == "vanilla" else 8)
+    fresh = 16 if adapter == "vanilla" else 0  # the vanilla adapter pools every fresh batch
+    synthesizer.sample()
+    kept = torch.cat([images[~trapped] if drop else images, added])  # unscored images are never trapped
+    assert len(pool) == len(kept) + fresh and torch.equal(pool.images[: len(kept)], kept)
+    synthesizer.sample()  # only once
+    assert len(pool) == len(kept) + 2 * fresh
+    synthesizer.close()
 
 
 def test_pool_scores_are_nan_when_the_guard_is_off(teacher) -> None:
