@@ -11,6 +11,7 @@ Examples (the runs quoted in ``docs/adapters.md`` and ``docs/bn_prior.md``)::
     python scripts/experiments/vanilla_recipe.py --student 8,16,32 --generator-eval
     python scripts/experiments/vanilla_recipe.py --kind ntl --guard '{}'
     python scripts/experiments/vanilla_recipe.py --kind ntl --oracle
+    python scripts/experiments/vanilla_recipe.py --kind ntl --oracle mean --guard '{}'
     python scripts/experiments/vanilla_recipe.py --kind ntl --guard '{}' --target-error
 
 Not part of the library: the bench (``dfkd-guard bench``) is the reference.
@@ -41,7 +42,12 @@ def target_errors(prior: BNPrior, real: FixedBNTargets) -> str:
     """Per BN layer, how far the running statistics and each estimate's targets are from the
     real ID moments: the mean error as a squared effect size ``||m - m_real||^2 / sum(v_real)``,
     and the mean absolute and mean signed log variance ratio ``log(v / v_real)`` (signed > 0:
-    the target's variance is too large)."""
+    the target's variance is too large).
+
+    Besides the three estimates, ``fitted-equal-var``: the fitted means with variances that
+    assume equal ID and OOD variances, ``v - a / (1 - a) (r - mean)**2`` (no synthetic second
+    moment), floored like the others.
+    """
 
     def error(index: int, mean: torch.Tensor, var: torch.Tensor) -> str:
         real_mean, real_var = real.target(index, prior.layers[index])
@@ -49,12 +55,34 @@ def target_errors(prior: BNPrior, real: FixedBNTargets) -> str:
         mean_error = float(((mean - real_mean) ** 2).sum() / real_var.sum())
         return f"{mean_error:.2f}/{float(log_ratio.abs().mean()):.2f}({float(log_ratio.mean()):+.2f})"
 
+    def equal_var(estimate: BNPrior, index: int, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, _ = estimate.target(index, layer)  # type: ignore[arg-type]
+        a = min(max(prior.weights[index], 1e-3), 1 - 1e-3)  # type: ignore[index]
+        var = layer.running_var - a / (1 - a) * (layer.running_mean - mean) ** 2
+        return mean, var.clamp_min(prior.config.var_floor * layer.running_var)
+
     rows = ["running " + " ".join(error(i, l.running_mean, l.running_var) for i, l in enumerate(prior.layers))]
     for estimate in ("id_group", "fitted", "fixed"):
         other = BNPrior(prior.config.model_copy(update={"estimate": estimate}), prior.layers)
         other.load_state_dict(prior.state_dict())
         rows.append(f"{estimate} " + " ".join(error(i, *other.target(i, l)) for i, l in enumerate(prior.layers)))
+        if estimate == "fitted":
+            rows.append("fitted-equal-var " + " ".join(error(i, *equal_var(other, i, l)) for i, l in enumerate(prior.layers)))
     return "target error (mean / |log var ratio| (signed), per layer): " + " | ".join(rows)
+
+
+class PartialOracle:
+    """BN targets whose means (``part="mean"``) or variances (``part="var"``) are the real ID
+    moments and whose other half comes from ``base`` (the guard's prior, or None = the running
+    statistics): which half of the oracle closes the gap."""
+
+    def __init__(self, real: FixedBNTargets, base: BNPrior | None, part: str) -> None:
+        self.real, self.base, self.part = real, base, part
+
+    def target(self, index: int, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        real_mean, real_var = self.real.target(index, layer)  # type: ignore[arg-type]
+        mean, var = (layer.running_mean, layer.running_var) if self.base is None else self.base.target(index, layer)  # type: ignore[arg-type]
+        return (real_mean, var) if self.part == "mean" else (mean, real_var)  # type: ignore[return-value]
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -77,7 +105,10 @@ def main() -> None:
     p.add_argument("--generator-lr", type=float, default=3e-3)
     p.add_argument("--bn", type=float, default=10.0)
     p.add_argument("--guard", default="", help="GuardConfig as JSON ('{}' = the default guard); empty = no guard")
-    p.add_argument("--oracle", action="store_true", help="BN targets measured on real ID train images")
+    p.add_argument(
+        "--oracle", nargs="?", const="all", choices=["all", "mean", "var"],
+        help="BN targets measured on real ID train images: all, or only their means / variances (the other half from the guard or the running statistics)",
+    )
     p.add_argument("--target-error", action="store_true", help="once the guard corrects, print how far each estimate's BN targets are from the real ID moments")
     p.add_argument("--generator-eval", action="store_true", help="draw student batches with G in eval mode")
     p.add_argument("--teacher-steps", type=int, default=1000)
@@ -110,8 +141,10 @@ def main() -> None:
         draw = synthesizer._images
         synthesizer._images = lambda batch, train=True: draw(batch, train=False)  # type: ignore[method-assign]
     real_moments = measure_bn_targets(teacher, data.id_train.images[:2000]) if a.target_error or a.oracle else None
-    if a.oracle:
+    if a.oracle == "all":
         synthesizer.bn_statistics.targets = real_moments  # type: ignore[union-attr]
+    elif a.oracle:
+        synthesizer.bn_statistics.targets = PartialOracle(real_moments, guard.bn_prior, a.oracle)  # type: ignore[arg-type,union-attr]
     images, labels = data.id_test.images[:2000], data.id_test.labels[:2000]
     began = time.time()
 
