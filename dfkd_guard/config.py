@@ -180,6 +180,8 @@ class GuardConfig(FileConfig):
             raise ConfigError("forget.memory", "a trap memory needs a forgetting term; set forget.kind = 'uniform'")
         if self.forget.memory and not self.bn_prior.demix:
             raise ConfigError("forget.memory", "the trap memory is filled during the BN-prior warm-up; set bn_prior.demix = true")
+        if self.bn_prior.drop_trapped and not self.bn_prior.demix:
+            raise ConfigError("bn_prior.drop_trapped", "trapped images are named by the BN prior's verdict; set bn_prior.demix = true")
         return ResolvedConfig(scorer=scorer, weighting=weighting, penalties=penalties)
 
 

@@ -166,13 +166,14 @@ def test_the_guard_names_the_trapped_pool_images_once_after_an_ntl_like_verdict(
 
 
 @pytest.mark.parametrize(
-    ("config", "message"),
+    ("config", "field", "message"),
     [
-        ({"forget": {"kind": "none", "memory": 16}}, "needs a forgetting term"),
-        ({"forget": {"memory": 16}, "bn_prior": {"demix": False}}, "set bn_prior.demix = true"),
+        ({"forget": {"kind": "none", "memory": 16}}, "forget.memory", "needs a forgetting term"),
+        ({"forget": {"memory": 16}, "bn_prior": {"demix": False}}, "forget.memory", "set bn_prior.demix = true"),
+        ({"bn_prior": {"demix": False, "drop_trapped": True}}, "bn_prior.drop_trapped", "named by the BN prior's verdict"),
     ],
 )
-def test_a_memory_without_forgetting_or_warm_up_is_a_config_error(config: dict, message: str) -> None:
+def test_a_memory_or_drop_without_forgetting_or_warm_up_is_a_config_error(config: dict, field: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         Guard(config, TwoLayer(0.4), load_entrypoints=False)
-    assert info.value.field == "forget.memory"
+    assert info.value.field == field
