@@ -158,7 +158,7 @@ class Synthesizer(ABC):
         Adapters with a pool call it before every draw; a no-op unless
         ``bn_prior.drop_trapped`` is on and the verdict has just come.
         """
-        if self.guard.enabled and len(pool) and pool.scores is not None:
+        if len(pool) and pool.scores is not None:
             trapped = self.guard.take_trapped(pool.scores)
             if trapped is not None:
                 pool.keep(~trapped)

@@ -189,6 +189,10 @@ def test_run_ids_are_stable_and_follow_the_run_config() -> None:
     assert set(run_config(config, spec)["guard"]["forget"]) == {"kind", "weight"}
     memory = config.updated(guard={"forget": {"memory": 64}})
     assert run_config(memory, spec)["guard"]["forget"]["memory"] == 64 and run_id(memory, spec) != run_id(config, spec)
+    # so does bn_prior.drop_trapped, only when it is on
+    assert "drop_trapped" not in run_config(config, spec)["guard"]["bn_prior"]
+    drop = config.updated(guard={"bn_prior": {"drop_trapped": True}})
+    assert run_config(drop, spec)["guard"]["bn_prior"]["drop_trapped"] is True and run_id(drop, spec) != run_id(config, spec)
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch) -> None:
