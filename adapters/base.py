@@ -5,14 +5,16 @@ as in the CMI / Fast-DFKD ``datafree`` package:
 
 * :meth:`Synthesizer.synthesize` runs the method's synthesis (generator or
   pixel optimisation) and returns a :class:`SynthesisResult`;
-* :meth:`Synthesizer.sample` returns the next :class:`StudentBatch`: images,
-  the teacher's logits, their OOD scores and the guard's KD weights.
+* :meth:`Synthesizer.sample` returns the next student batch as the guard
+  decided it (:class:`~dfkd_guard.GuardedBatch`).
 
-The guard's three hooks are called at fixed points: the generator penalty is
-added to the synthesis loss before ``backward()``, each synthesised batch is
-scored once, and :func:`student_step` weights the KD loss and adds the
-forgetting term. A disabled guard (``GuardConfig(enabled=False)``) turns every
-adapter into its unguarded method.
+Adapters use the guard exactly as a hand-written loop does, through its
+public calls: :meth:`~dfkd_guard.Guard.bn_loss` and
+:meth:`~dfkd_guard.Guard.generator_penalty` in the synthesis loss,
+:meth:`~dfkd_guard.Guard.score` when an image is pooled, and
+:meth:`~dfkd_guard.Guard.student_batch` for every student batch;
+:func:`student_step` trains on it. A disabled guard
+(``GuardConfig(enabled=False)``) turns every adapter into its unguarded method.
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfkd_guard import Guard, SampleWeights
-from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
-from dfkd_guard.adapters.pool import ImagePool
+from dfkd_guard import Guard, GuardedBatch
 
-__all__ = ["SynthesisResult", "StudentBatch", "Synthesizer", "student_step"]
+__all__ = ["SynthesisResult", "Synthesizer", "student_step"]
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,6 @@ class SynthesisResult:
     images: torch.Tensor
     losses: dict[str, float] = field(default_factory=dict)
     skipped: int = 0
-
-
-@dataclass(frozen=True)
-class StudentBatch:
-    """A batch for one student step.
-
-    :param images: float (B, C, H, W), teacher input units, detached.
-    :param teacher_logits: float (B, K), detached.
-    :param scores: float (B,) OOD scores, higher = more OOD-like; NaN when the guard is off.
-    :param weights: KD weights and forget mask from the guard.
-    """
-
-    images: torch.Tensor
-    teacher_logits: torch.Tensor
-    scores: torch.Tensor
-    weights: SampleWeights
 
 
 class Synthesizer(ABC):
@@ -102,8 +86,6 @@ class Synthesizer(ABC):
         self.skipped = 0
         #: The latest :meth:`synthesize` result, recorded by the training driver.
         self.last_synthesis: SynthesisResult | None = None
-        #: BN-statistics hooks of adapters that match the teacher's BN prior (targets from the guard).
-        self.bn_statistics: BatchNormStatistics | None = None
 
     def _check_models(self) -> int:
         probe = torch.zeros(2, *self.image_shape, device=self.device)
@@ -114,7 +96,9 @@ class Synthesizer(ABC):
             s_out = self.student(probe)
         self.student.train(was_training)
         if t_out.ndim != 2 or s_out.ndim != 2:
-            raise ValueError(f"teacher and student must return logits (B, K); got {tuple(t_out.shape)} and {tuple(s_out.shape)}")
+            raise ValueError(
+                f"teacher and student must return logits (B, K); got {tuple(t_out.shape)} and {tuple(s_out.shape)}"
+            )
         if t_out.shape[1] != s_out.shape[1]:
             raise ValueError(
                 f"the student predicts {s_out.shape[1]} classes but the teacher {t_out.shape[1]}; they must agree"
@@ -132,39 +116,19 @@ class Synthesizer(ABC):
                 f"{source} produced images of shape {tuple(images.shape[1:])}, but the teacher takes {self.image_shape}"
             )
 
-    def student_batch(self, images: torch.Tensor, scores: torch.Tensor | None = None) -> StudentBatch:
-        """Teacher logits, scores (computed unless given) and weights for ``images``."""
-        images = images.detach()
-        logits, scores = self.teacher_view(images, scores)
-        return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
+    def guarded_batch(self, images: torch.Tensor, scores: torch.Tensor | None = None) -> GuardedBatch:
+        """The teacher's logits on ``images`` and the guard's decision on them (:meth:`Guard.student_batch`).
 
-    def teacher_view(self, images: torch.Tensor, scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher logits (B, K) and scores (B,) of detached ``images`` (scores computed unless given).
-
-        The teacher forward fires the BN hooks; their inputs go to the guard's
-        BN prior with the scores (:meth:`Guard.observe_bn`).
+        :param images: float (B, C, H, W), teacher input units.
+        :param scores: float (B,) scores stored with pooled images, or None.
         """
+        images = images.detach()
         with torch.no_grad():
             logits = self.teacher(images)
-        if scores is None:
-            scores = self.score(images, logits)
-        if self.bn_statistics is not None and self.guard.enabled:
-            self.guard.observe_bn(self.bn_statistics.recorded_inputs(), scores, images)
-        return logits, scores
+        return self.guard.student_batch(images, logits, scores)
 
-    def drop_trapped(self, pool: ImagePool) -> None:
-        """Drop the pool's trapped images, once after an NTL-like verdict (:meth:`Guard.take_trapped`).
-
-        Adapters with a pool call it before every draw; a no-op unless
-        ``bn_prior.drop_trapped`` is on and the verdict has just come.
-        """
-        if len(pool) and pool.scores is not None:
-            trapped = self.guard.take_trapped(pool.scores)
-            if trapped is not None:
-                pool.keep(~trapped)
-
-    def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """OOD scores of a batch, or NaN for every sample when the guard is off or needs no scores."""
+    def pool_scores(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores to store with freshly pooled images: the guard's, or NaN while it needs none."""
         if not self.guard.scores_needed:
             return torch.full((images.shape[0],), float("nan"), device=images.device)
         return self.guard.score(images, logits)
@@ -174,7 +138,7 @@ class Synthesizer(ABC):
         """Run the method's synthesis for one round."""
 
     @abstractmethod
-    def sample(self) -> StudentBatch:
+    def sample(self) -> GuardedBatch:
         """The next batch for a student step."""
 
     @abstractmethod
@@ -186,7 +150,7 @@ class Synthesizer(ABC):
         """Restore :meth:`state_dict`."""
 
     def close(self) -> None:
-        """Remove the adapter's hooks from the teacher and unfreeze its parameters as they were.
+        """Unfreeze the teacher's parameters as they were (the guard's own hooks stay until ``guard.close()``).
 
         Subclasses that register hooks extend this and call ``super().close()``.
         """
@@ -195,35 +159,21 @@ class Synthesizer(ABC):
 
 
 def student_step(
-    student: nn.Module, optimizer: torch.optim.Optimizer, batch: StudentBatch, guard: Guard
+    student: nn.Module, optimizer: torch.optim.Optimizer, batch: GuardedBatch
 ) -> dict[str, float]:
-    """One optimiser step of the student on a guarded batch.
-
-    Images the guard recalls from its trap memory (:meth:`Guard.recall`)
-    join the batch with KD weight 0, in its forget set; their teacher logits
-    are zeros, which the KD weight 0 keeps out of the loss.
+    """One optimiser step of the student on a guarded batch (:meth:`GuardedBatch.student_loss`).
 
     :returns: ``loss/student``, ``guard/kept`` (mean KD weight) and
         ``guard/forgotten`` (share of the forget set), over the batch with
-        the recalled images.
+        any recalled trap-memory images.
     """
-    images, logits, weights = batch.images, batch.teacher_logits, batch.weights
-    recalled = guard.recall()
-    if recalled is not None:
-        count = recalled.shape[0]
-        images = torch.cat([images, recalled.to(images)])
-        logits = torch.cat([logits, logits.new_zeros((count, logits.shape[1]))])
-        weights = SampleWeights(
-            torch.cat([weights.kd, weights.kd.new_zeros(count)]),
-            torch.cat([weights.forget, weights.forget.new_ones(count)]),
-        )
     student.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = guard.student_loss(student(images), logits, weights)
+    loss = batch.student_loss(student(batch.images))
     loss.backward()
     optimizer.step()
     return {
         "loss/student": float(loss.detach()),
-        "guard/kept": weights.kept_fraction,
-        "guard/forgotten": weights.forgotten_fraction,
+        "guard/kept": batch.kept_fraction,
+        "guard/forgotten": batch.forgotten_fraction,
     }

@@ -51,13 +51,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
+from dfkd_guard.adapters.pool import ImagePool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from dfkd_guard import Guard
-from dfkd_guard.adapters.base import StudentBatch, SynthesisResult, Synthesizer
-from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
-from dfkd_guard.adapters.pool import ImagePool
+from dfkd_guard import Guard, GuardedBatch
+from dfkd_guard.bn_statistics import batchnorm_layers
 from dfkd_guard.losses import kd_divergence
 
 __all__ = ["CMIConfig", "CMISynthesizer", "FeatureBank", "ProjectionHead", "random_resized_crop"]
@@ -68,24 +68,50 @@ class CMIConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    batch_size: int = Field(default=64, ge=1, description="images synthesised per round (CMI 256; /4 for CPU)")
-    student_batch_size: int = Field(default=64, ge=1, description="images per student step, from the pool (CMI 128; /2)")
-    iterations: int = Field(default=20, ge=1, description="steps on G and z per round (CMI g_steps 200; /10 for CPU)")
-    generator_lr: float = Field(default=1e-2, gt=0, description="Adam lr of G and z (CMI lr_g 1e-3; x10 for 1/10 the steps)")
-    head_lr: float | None = Field(default=None, gt=0, description="Adam lr of the head; None = generator_lr (as CMI)")
-    head_dim: int = Field(default=256, ge=1, description="output size of the projection head (CMI head_dim 256)")
+    batch_size: int = Field(
+        default=64, ge=1, description="images synthesised per round (CMI 256; /4 for CPU)"
+    )
+    student_batch_size: int = Field(
+        default=64, ge=1, description="images per student step, from the pool (CMI 128; /2)"
+    )
+    iterations: int = Field(
+        default=20, ge=1, description="steps on G and z per round (CMI g_steps 200; /10 for CPU)"
+    )
+    generator_lr: float = Field(
+        default=1e-2, gt=0, description="Adam lr of G and z (CMI lr_g 1e-3; x10 for 1/10 the steps)"
+    )
+    head_lr: float | None = Field(
+        default=None, gt=0, description="Adam lr of the head; None = generator_lr (as CMI)"
+    )
+    head_dim: int = Field(
+        default=256, ge=1, description="output size of the projection head (CMI head_dim 256)"
+    )
     oh: float = Field(default=1.0, ge=0, description="weight of CE(T(x), y) (CMI oh 1.0)")
     bn: float = Field(default=1.0, ge=0, description="weight of the BN-statistics prior (CMI bn 1.0)")
     adv: float = Field(default=0.5, ge=0, description="weight of the masked adversarial term (CMI adv 0.5)")
     cr: float = Field(default=0.8, ge=0, description="weight of the contrastive term (CMI cr 0.8)")
     cr_temperature: float = Field(default=0.1, gt=0, description="InfoNCE temperature (CMI cr_T 0.1)")
-    bank_size: int = Field(default=10240, ge=1, description="features in the memory bank (CMI 40960 = 160 batches; /4)")
-    n_neg: int = Field(default=1024, ge=1, description="bank negatives drawn per step (CMI 4096 = 16 batches; /4)")
-    pool_size: int | None = Field(default=None, ge=1, description="images kept in the pool; None = all, as CMI")
-    targets: Literal["random", "balanced"] = Field(default="random", description="CE targets: random (CMI) or equal counts")
-    features: Literal["mean_var", "mean"] = Field(default="mean_var", description="per BN input: channel mean+var, or mean")
-    crop_scale: tuple[float, float] = Field(default=(0.25, 1.0), description="area range of the local crop (CMI 0.25-1)")
-    flip: bool = Field(default=True, description="flip the local view horizontally with probability 1/2 (CMI)")
+    bank_size: int = Field(
+        default=10240, ge=1, description="features in the memory bank (CMI 40960 = 160 batches; /4)"
+    )
+    n_neg: int = Field(
+        default=1024, ge=1, description="bank negatives drawn per step (CMI 4096 = 16 batches; /4)"
+    )
+    pool_size: int | None = Field(
+        default=None, ge=1, description="images kept in the pool; None = all, as CMI"
+    )
+    targets: Literal["random", "balanced"] = Field(
+        default="random", description="CE targets: random (CMI) or equal counts"
+    )
+    features: Literal["mean_var", "mean"] = Field(
+        default="mean_var", description="per BN input: channel mean+var, or mean"
+    )
+    crop_scale: tuple[float, float] = Field(
+        default=(0.25, 1.0), description="area range of the local crop (CMI 0.25-1)"
+    )
+    flip: bool = Field(
+        default=True, description="flip the local view horizontally with probability 1/2 (CMI)"
+    )
 
     @model_validator(mode="after")
     def _check_scale(self) -> CMIConfig:
@@ -133,7 +159,9 @@ class FeatureBank:
     def add(self, features: torch.Tensor) -> None:
         """Append float (N, dim) features, detached; keep the newest ``max_size``."""
         if features.ndim != 2 or features.shape[1] != self.features.shape[1]:
-            raise ValueError(f"bank holds (N, {self.features.shape[1]}) features, got {tuple(features.shape)}")
+            raise ValueError(
+                f"bank holds (N, {self.features.shape[1]}) features, got {tuple(features.shape)}"
+            )
         self.features = torch.cat([self.features, features.detach().float().cpu()])[-self.max_size :]
 
     def sample(self, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -147,7 +175,9 @@ class FeatureBank:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         features = state["features"]
         if features.ndim != 2 or features.shape[1] != self.features.shape[1]:
-            raise ValueError(f"bank holds (N, {self.features.shape[1]}) features, the state has {tuple(features.shape)}")
+            raise ValueError(
+                f"bank holds (N, {self.features.shape[1]}) features, the state has {tuple(features.shape)}"
+            )
         self.max_size = int(state["max_size"])
         self.features = features.clone()
 
@@ -225,7 +255,11 @@ class CMISynthesizer(Synthesizer):
         self.generator = generator.to(self.device)
         self.latent_dim = latent_dim
         self.initial_generator = _clone_state(self.generator.state_dict())
-        self.bn_statistics = BatchNormStatistics(self.teacher, self.guard.bn_prior)
+        if not batchnorm_layers(teacher):
+            raise ValueError(
+                f"the teacher ({type(teacher).__name__}) has no BatchNorm layer with running statistics; "
+                "CMI's instance features are BN-layer statistics"
+            )
         was_training = self.generator.training
         self.generator.eval()
         with torch.no_grad():
@@ -235,7 +269,9 @@ class CMISynthesizer(Synthesizer):
             feature_dim = self._instance_features().shape[1]
         self.generator.train(was_training)
         self.head = ProjectionHead(feature_dim, self.config.head_dim).to(self.device)
-        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=self.config.head_lr or self.config.generator_lr)
+        self.head_optimizer = torch.optim.Adam(
+            self.head.parameters(), lr=self.config.head_lr or self.config.generator_lr
+        )
         self.bank = FeatureBank(self.config.bank_size, 2 * feature_dim)
         self.pool = ImagePool(self.config.pool_size)
 
@@ -245,9 +281,7 @@ class CMISynthesizer(Synthesizer):
     def _instance_features(self) -> torch.Tensor:
         """(B, D) per-sample channel statistics of every BN input of the last teacher forward."""
         parts = []
-        for x in self.bn_statistics.inputs:
-            if x is None:
-                raise RuntimeError("instance features read before any teacher forward")
+        for x in self.guard.bn_inputs():
             if x.ndim <= 2:  # BatchNorm1d on (B, C): the sample itself is its mean
                 parts.append(x)
                 continue
@@ -273,7 +307,9 @@ class CMISynthesizer(Synthesizer):
         projected = self.head(torch.cat([local, cached_local, global_, cached_global]))
         p_local, p_global = projected.chunk(2)
         logits = p_local @ p_global.detach().T / self.config.cr_temperature
-        losses = F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device), reduction="none")
+        losses = F.cross_entropy(
+            logits, torch.arange(logits.shape[0], device=logits.device), reduction="none"
+        )
         batch = local.shape[0]
         if cached.shape[0] == 0:
             return losses.mean()
@@ -307,7 +343,7 @@ class CMISynthesizer(Synthesizer):
             t_out = self.teacher(images)
             parts: dict[str, torch.Tensor] = {}
             if c.bn:
-                parts["bn"] = self.bn_statistics.loss
+                parts["bn"] = self.guard.bn_loss()
             global_features = self._instance_features()
             self.teacher(normalize(random_resized_crop(pixels, c.crop_scale, flip=c.flip)))
             local_features = self._instance_features()
@@ -336,16 +372,15 @@ class CMISynthesizer(Synthesizer):
         if best is None:
             return SynthesisResult(torch.empty(0, *self.image_shape), terms, skipped)
         images, logits, features = best
-        self.pool.add(images, self.score(images, logits))
+        self.pool.add(images, self.pool_scores(images, logits))
         self.bank.add(features)
         terms["best_total"] = best_loss
         return SynthesisResult(images, terms, skipped)
 
-    def sample(self) -> StudentBatch:
+    def sample(self) -> GuardedBatch:
         """A random pool batch with its stored scores: replay never rescores."""
-        self.drop_trapped(self.pool)
         images, scores, _ = self.pool.sample(self.config.student_batch_size, self.device)
-        return self.student_batch(images, scores)
+        return self.guarded_batch(images, scores)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -360,14 +395,12 @@ class CMISynthesizer(Synthesizer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.load_state_dict(state["initial_generator"])  # checks keys and shapes
-        self.initial_generator = {k: v.detach().clone().to(self.device) for k, v in state["initial_generator"].items()}
+        self.initial_generator = {
+            k: v.detach().clone().to(self.device) for k, v in state["initial_generator"].items()
+        }
         self.generator.load_state_dict(state["generator"])
         self.head.load_state_dict(state["head"])
         self.head_optimizer.load_state_dict(state["head_optimizer"])
         self.bank.load_state_dict(state["bank"])
         self.pool.load_state_dict(state["pool"])
         self.skipped = int(state["skipped"])
-
-    def close(self) -> None:
-        super().close()
-        self.bn_statistics.remove()

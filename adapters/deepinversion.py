@@ -27,15 +27,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
+from dfkd_guard.adapters.pool import ImagePool
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from dfkd_guard import Guard
-from dfkd_guard.adapters.base import StudentBatch, SynthesisResult, Synthesizer
-from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
-from dfkd_guard.adapters.pool import ImagePool
+from dfkd_guard import Guard, GuardedBatch
+from dfkd_guard.bn_statistics import batchnorm_layers
 
-__all__ = ["DeepInversionConfig", "DeepInversionSynthesizer", "total_variation", "js_divergence"]
+__all__ = ["DeepInversionConfig", "DeepInversionSynthesizer", "js_divergence", "total_variation"]
 
 
 class DeepInversionConfig(BaseModel):
@@ -44,15 +44,21 @@ class DeepInversionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     batch_size: int = Field(default=256, ge=1, description="images synthesised per round")
-    student_batch_size: int = Field(default=256, ge=1, description="images per student step, drawn from the pool")
+    student_batch_size: int = Field(
+        default=256, ge=1, description="images per student step, drawn from the pool"
+    )
     iterations: int = Field(default=2000, ge=1, description="Adam steps on the pixels per round")
     lr: float = Field(default=0.05, gt=0, description="Adam learning rate on the pixels")
     oh: float = Field(default=1.0, ge=0, description="weight of CE(T(x), y)")
     bn: float = Field(default=10.0, ge=0, description="weight of the BN-statistics prior")
     tv: float = Field(default=2.5e-5, ge=0, description="weight of the L2 total variation")
     l2: float = Field(default=0.0, ge=0, description="weight of ||x||_2")
-    competition: float = Field(default=0.0, ge=0, description="Adaptive DeepInversion: weight of 1 - JS(T, S)")
-    competition_temperature: float = Field(default=3.0, gt=0, description="softmax temperature of the JS term")
+    competition: float = Field(
+        default=0.0, ge=0, description="Adaptive DeepInversion: weight of 1 - JS(T, S)"
+    )
+    competition_temperature: float = Field(
+        default=3.0, gt=0, description="softmax temperature of the JS term"
+    )
     jitter: int = Field(default=2, ge=0, description="maximum random roll, pixels")
     flip: bool = Field(default=True, description="random horizontal flip of the whole batch")
     clip_to_pixel_range: bool = Field(default=False, description="clamp x to [0, 1] pixels after every step")
@@ -103,7 +109,11 @@ class DeepInversionSynthesizer(Synthesizer):
     ) -> None:
         super().__init__(teacher, student, guard, image_shape, device)
         self.config = config or DeepInversionConfig()
-        self.bn_statistics = BatchNormStatistics(self.teacher, self.guard.bn_prior) if self.config.bn > 0 else None
+        if self.config.bn > 0 and not batchnorm_layers(teacher):
+            raise ValueError(
+                f"the teacher ({type(teacher).__name__}) has no BatchNorm layer with running statistics; "
+                "BN-statistics matching needs them (set bn = 0 to run without)"
+            )
         self.pool = ImagePool(self.config.pool_size)
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
@@ -122,21 +132,25 @@ class DeepInversionSynthesizer(Synthesizer):
         inputs = torch.randn(c.batch_size, *self.image_shape).to(self.device).requires_grad_(True)
         targets = torch.randint(self.num_classes, (c.batch_size,)).to(self.device)
         optimizer = torch.optim.Adam([inputs], lr=c.lr, betas=(0.5, 0.99))
-        low, high = self.guard.config.normalization.input_range(inputs) if c.clip_to_pixel_range else (None, None)
+        low, high = (
+            self.guard.config.normalization.input_range(inputs) if c.clip_to_pixel_range else (None, None)
+        )
         best, best_loss, terms, skipped = None, math.inf, {}, 0
         for _ in range(c.iterations):
             optimizer.zero_grad(set_to_none=True)
             view = self._augment(inputs)
             t_out = self.teacher(view)
             parts = {"oh": F.cross_entropy(t_out, targets)}
-            if self.bn_statistics is not None:
-                parts["bn"] = self.bn_statistics.loss
+            if c.bn:
+                parts["bn"] = self.guard.bn_loss()
             if c.tv:
                 parts["tv"] = total_variation(inputs)
             if c.l2:
                 parts["l2"] = torch.norm(inputs)
             if c.competition:
-                parts["competition"] = 1.0 - js_divergence(t_out, self.student(view), c.competition_temperature).clamp(0, 1)
+                parts["competition"] = 1.0 - js_divergence(
+                    t_out, self.student(view), c.competition_temperature
+                ).clamp(0, 1)
             weights = {"oh": c.oh, "bn": c.bn, "tv": c.tv, "l2": c.l2, "competition": c.competition}
             penalty = self.guard.generator_penalty(view, t_out)
             total = sum((weights[k] * v for k, v in parts.items()), penalty)
@@ -155,14 +169,13 @@ class DeepInversionSynthesizer(Synthesizer):
         self.skipped += skipped
         if best is None or not torch.isfinite(best).all():
             return SynthesisResult(torch.empty(0, *self.image_shape), terms, skipped)
-        self.pool.add(best, self.score(best))
+        self.pool.add(best, self.pool_scores(best))
         return SynthesisResult(best, terms, skipped)
 
-    def sample(self) -> StudentBatch:
+    def sample(self) -> GuardedBatch:
         """A random pool batch with its stored scores: replay never rescores."""
-        self.drop_trapped(self.pool)
         images, scores, _ = self.pool.sample(self.config.student_batch_size, self.device)
-        return self.student_batch(images, scores)
+        return self.guarded_batch(images, scores)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pool": self.pool.state_dict(), "skipped": self.skipped}
@@ -170,8 +183,3 @@ class DeepInversionSynthesizer(Synthesizer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pool.load_state_dict(state["pool"])
         self.skipped = int(state["skipped"])
-
-    def close(self) -> None:
-        super().close()
-        if self.bn_statistics is not None:
-            self.bn_statistics.remove()

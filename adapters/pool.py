@@ -43,9 +43,13 @@ class ImagePool:
             finite, or logits are given to a pool without them (or missing from one with them).
         """
         if images.ndim != 4 or scores.shape != (images.shape[0],):
-            raise ValueError(f"pool needs images (B, C, H, W) and scores (B,), got {tuple(images.shape)} and {tuple(scores.shape)}")
+            raise ValueError(
+                f"pool needs images (B, C, H, W) and scores (B,), got {tuple(images.shape)} and {tuple(scores.shape)}"
+            )
         if logits is not None and (logits.ndim != 2 or logits.shape[0] != images.shape[0]):
-            raise ValueError(f"pool needs logits (B, K) for {images.shape[0]} images, got {tuple(logits.shape)}")
+            raise ValueError(
+                f"pool needs logits (B, K) for {images.shape[0]} images, got {tuple(logits.shape)}"
+            )
         if not torch.isfinite(images).all():
             raise ValueError("refusing to add non-finite images to the pool")
         images, scores = images.detach().cpu(), scores.detach().float().cpu()
@@ -55,9 +59,13 @@ class ImagePool:
             self.logits = logits.clone() if logits is not None else None
         else:
             if images.shape[1:] != self.images.shape[1:]:
-                raise ValueError(f"pool holds images of shape {tuple(self.images.shape[1:])}, got {tuple(images.shape[1:])}")
+                raise ValueError(
+                    f"pool holds images of shape {tuple(self.images.shape[1:])}, got {tuple(images.shape[1:])}"
+                )
             if (logits is None) != (self.logits is None):
-                raise ValueError(f"pool holds {'no ' if self.logits is None else ''}logits; add() got {'none' if logits is None else 'some'}")
+                raise ValueError(
+                    f"pool holds {'no ' if self.logits is None else ''}logits; add() got {'none' if logits is None else 'some'}"
+                )
             self.images = torch.cat([self.images, images])
             self.scores = torch.cat([self.scores, scores])
             if self.logits is not None and logits is not None:
@@ -67,20 +75,6 @@ class ImagePool:
             self.scores = self.scores[-self.max_size :]
             if self.logits is not None:
                 self.logits = self.logits[-self.max_size :]
-
-    def keep(self, mask: torch.Tensor) -> None:
-        """Keep only the images where ``mask`` (bool (N,)) is True, in their order.
-
-        :raises ValueError: the mask does not have one entry per pooled image.
-        """
-        if mask.shape != (len(self),):
-            raise ValueError(f"keep() needs a bool mask ({len(self)},), got {tuple(mask.shape)}")
-        if self.images is None or self.scores is None:
-            return
-        index = mask.bool().cpu()
-        self.images, self.scores = self.images[index], self.scores[index]
-        if self.logits is not None:
-            self.logits = self.logits[index]
 
     def sample(
         self, batch_size: int, device: torch.device | str = "cpu"
@@ -94,7 +88,12 @@ class ImagePool:
         return self.images[index].to(device), self.scores[index].to(device), logits
 
     def state_dict(self) -> dict[str, object]:
-        return {"max_size": self.max_size, "images": self.images, "scores": self.scores, "logits": self.logits}
+        return {
+            "max_size": self.max_size,
+            "images": self.images,
+            "scores": self.scores,
+            "logits": self.logits,
+        }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.max_size = state["max_size"]  # type: ignore[assignment]

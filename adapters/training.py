@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-
 from dfkd_guard.adapters.base import Synthesizer, student_step
 from dfkd_guard.adapters.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 
 __all__ = ["TrainResult", "train"]
 
-CHECKPOINT_FORMAT = 6  # 4: the vanilla replay pool holds teacher logits; 5: the guard state holds the trap memory; 6: and whether the pool's trapped images are still to drop
+CHECKPOINT_FORMAT = 7  # 4: the vanilla replay pool holds teacher logits; 5: the guard state holds the trap memory; 7: the guard state is the BN prior and the trap memory alone (0.2)
 
 
 @dataclass
@@ -94,7 +93,7 @@ def train(
         synthesis = synthesizer.last_synthesis = synthesizer.synthesize()
         sums: dict[str, float] = {}
         for _ in range(kd_steps):
-            for key, value in student_step(synthesizer.student, optimizer, synthesizer.sample(), synthesizer.guard).items():
+            for key, value in student_step(synthesizer.student, optimizer, synthesizer.sample()).items():
                 sums[key] = sums.get(key, 0.0) + value / kd_steps
         if scheduler is not None:
             scheduler.step()
@@ -156,13 +155,17 @@ def _restore(
     result: TrainResult,
 ) -> int:
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
+        raise ValueError(
+            f"{path}: checkpoint format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}"
+        )
     synthesizer.load_state_dict(state["synthesizer"])
     synthesizer.guard.load_state_dict(state["guard"])
     synthesizer.student.load_state_dict(state["student"])
     optimizer.load_state_dict(state["optimizer"])
     if (scheduler is None) != (state["scheduler"] is None):
-        raise ValueError(f"{path}: checkpoint was written {'with' if state['scheduler'] else 'without'} a scheduler")
+        raise ValueError(
+            f"{path}: checkpoint was written {'with' if state['scheduler'] else 'without'} a scheduler"
+        )
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])

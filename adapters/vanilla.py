@@ -28,16 +28,16 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
+from dfkd_guard.adapters.pool import ImagePool
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from dfkd_guard import Guard
-from dfkd_guard.adapters.base import StudentBatch, SynthesisResult, Synthesizer
-from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
-from dfkd_guard.adapters.pool import ImagePool
+from dfkd_guard import Guard, GuardedBatch
+from dfkd_guard.bn_statistics import batchnorm_layers
 from dfkd_guard.losses import kd_divergence
 
-__all__ = ["VanillaConfig", "PRESETS", "VanillaSynthesizer"]
+__all__ = ["PRESETS", "VanillaConfig", "VanillaSynthesizer"]
 
 
 class VanillaConfig(BaseModel):
@@ -54,7 +54,11 @@ class VanillaConfig(BaseModel):
     balance: float = Field(default=20.0, ge=0, description="weight of the class-balance term")
     act: float = Field(default=0.0, ge=0, description="weight of the activation term")
     adv_distance: Literal["kl", "l1"] = Field(default="kl", description="D of the adversarial term")
-    replay: int = Field(default=0, ge=0, description="earlier student images replayed in each student batch (0 = fresh images only, as DFAD / DFQ)")
+    replay: int = Field(
+        default=0,
+        ge=0,
+        description="earlier student images replayed in each student batch (0 = fresh images only, as DFAD / DFQ)",
+    )
     pool_size: int = Field(default=4096, ge=1, description="latest student images kept for replay")
 
 
@@ -70,7 +74,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 def _last_linear(model: nn.Module) -> nn.Linear:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("the activation term needs the teacher's penultimate features: the teacher has no nn.Linear head")
+        raise ValueError(
+            "the activation term needs the teacher's penultimate features: the teacher has no nn.Linear head"
+        )
     return linears[-1]
 
 
@@ -103,12 +109,20 @@ class VanillaSynthesizer(Synthesizer):
         self.config = config or VanillaConfig()
         self.generator = generator.to(self.device)
         self.latent_dim = latent_dim
-        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.config.generator_lr, betas=(0.5, 0.999))
+        self.optimizer = torch.optim.Adam(
+            self.generator.parameters(), lr=self.config.generator_lr, betas=(0.5, 0.999)
+        )
         self.pool = ImagePool(self.config.pool_size)
-        self.bn_statistics = BatchNormStatistics(self.teacher, self.guard.bn_prior) if self.config.bn > 0 else None
+        if self.config.bn > 0 and not batchnorm_layers(teacher):
+            raise ValueError(
+                f"the teacher ({type(teacher).__name__}) has no BatchNorm layer with running statistics; "
+                "BN-statistics matching needs them (set bn = 0 to run without)"
+            )
         self._features: torch.Tensor | None = None
         self._feature_hook = (
-            _last_linear(self.teacher).register_forward_pre_hook(self._keep_features) if self.config.act > 0 else None
+            _last_linear(self.teacher).register_forward_pre_hook(self._keep_features)
+            if self.config.act > 0
+            else None
         )
         was_training = self.generator.training
         with torch.no_grad():
@@ -138,7 +152,7 @@ class VanillaSynthesizer(Synthesizer):
             s_out = self.student(images)
             parts = {
                 "oh": F.cross_entropy(t_out, t_out.argmax(dim=1)) if c.oh else None,
-                "bn": self.bn_statistics.loss if self.bn_statistics is not None else None,
+                "bn": self.guard.bn_loss() if c.bn else None,
                 "adv": -self._distance(s_out, t_out) if c.adv else None,
                 "balance": self._imbalance(t_out) if c.balance else None,
                 "act": -self._features.abs().mean() if self._features is not None and c.act else None,
@@ -167,7 +181,7 @@ class VanillaSynthesizer(Synthesizer):
         mean_p = F.softmax(t_out, dim=1).mean(dim=0)
         return (mean_p * mean_p.clamp_min(1e-12).log()).sum() + math.log(t_out.shape[1])
 
-    def sample(self) -> StudentBatch:
+    def sample(self) -> GuardedBatch:
         """A fresh generator batch, scored and weighted, plus ``replay`` pooled images.
 
         Non-finite samples are dropped and counted. Replayed images keep the
@@ -189,10 +203,11 @@ class VanillaSynthesizer(Synthesizer):
             if images.shape[0] == 0:
                 raise RuntimeError("the generator produced only non-finite images; lower generator_lr")
         if not self.config.replay:
-            return self.student_batch(images)
-        logits, scores = self.teacher_view(images)
+            return self.guarded_batch(images)
+        with torch.no_grad():
+            logits = self.teacher(images)
+        scores = self.guard.observe(images, logits)
         fresh_images, fresh_logits, fresh_scores = images, logits, scores
-        self.drop_trapped(self.pool)
         if len(self.pool):
             old_images, old_scores, old_logits = self.pool.sample(self.config.replay, self.device)
             assert old_logits is not None  # every batch of this pool comes with its logits
@@ -200,7 +215,7 @@ class VanillaSynthesizer(Synthesizer):
             logits = torch.cat([logits, old_logits])
             scores = torch.cat([scores, old_scores])
         self.pool.add(fresh_images, fresh_scores, fresh_logits)
-        return StudentBatch(images, logits, scores, self.guard.sample_weights(scores, logits))
+        return self.guard.weigh(images, logits, scores)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -218,8 +233,6 @@ class VanillaSynthesizer(Synthesizer):
 
     def close(self) -> None:
         super().close()
-        if self.bn_statistics is not None:
-            self.bn_statistics.remove()
         if self._feature_hook is not None:
             self._feature_hook.remove()
             self._feature_hook = None

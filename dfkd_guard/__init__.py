@@ -2,21 +2,24 @@
 
 The public API::
 
-    from dfkd_guard import Guard, GuardConfig, hookimpl, Component
+    from dfkd_guard import Guard, GuardConfig, GuardedBatch
+    from dfkd_guard import hookimpl, scorer, weighting, penalty   # writing plugins
 
-See :mod:`dfkd_guard.hookspecs` for the plugin contract.
+See :mod:`dfkd_guard.guard` for a DFKD loop with the guard and
+:mod:`dfkd_guard.hookspecs` for the plugin contract.
 """
 
-from dfkd_guard.components import Component, NoParams
+from dfkd_guard.components import Component, NoParams, penalty, scorer, weighting
 from dfkd_guard.config import ComponentChoice, ForgetConfig, GuardConfig, PenaltyChoice
 from dfkd_guard.errors import ConfigError, DfkdGuardError, PluginError
 from dfkd_guard.guard import Guard
+from dfkd_guard.guarded_batch import GuardedBatch
 from dfkd_guard.hookspecs import hookimpl, hookspec
 from dfkd_guard.normalization import Normalization
 from dfkd_guard.plugins import PluginRegistry
 from dfkd_guard.sample_weights import SampleWeights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Component",
@@ -26,13 +29,17 @@ __all__ = [
     "ForgetConfig",
     "Guard",
     "GuardConfig",
+    "GuardedBatch",
     "NoParams",
     "Normalization",
     "PenaltyChoice",
     "PluginError",
     "PluginRegistry",
     "SampleWeights",
+    "__version__",
     "hookimpl",
     "hookspec",
-    "__version__",
+    "penalty",
+    "scorer",
+    "weighting",
 ]

@@ -3,7 +3,8 @@
 DFKD methods that match the teacher's BatchNorm running statistics
 (DeepInversion, CMI, DFQ) take them as the statistics of the teacher's
 training data. A non-transferable (NTL) teacher was trained on ID *and* OOD
-batches, so, per BN layer, its running moments are a mixture (DESIGN 7.1)::
+batches, so, per BN layer, its running moments are a mixture
+(``docs/bn_prior.md``)::
 
     running_mean              = a * mu_id  + (1 - a) * mu_ood
     running_var + running_mean**2 = a * m2_id + (1 - a) * m2_ood
@@ -27,93 +28,38 @@ samples. :class:`BNPrior` replaces those targets without real data:
    domain: the teacher is taken as ordinary, its targets stay the running
    statistics and the guard forgets nothing (:attr:`BNPrior.verdict` says
    so, and the ``dfkd_guard`` logger logs it). Otherwise it is NTL-like.
-3. *Correct* (:meth:`BNPrior.target`), for an NTL-like teacher, by ``estimate``:
+3. *Correct* (:meth:`BNPrior.target`), for an NTL-like teacher: remove the
+   OOD component with the least-squares mixture weight
+   ``a = <r - mu_ood, mu_id - mu_ood> / ||mu_id - mu_ood||^2`` (``r`` the
+   running mean, clipped to ``[0.05, 1]``)::
 
-   * ``"fitted"`` (the default): remove the OOD component with the
-     least-squares mixture weight
-     ``a = <r - mu_ood, mu_id - mu_ood> / ||mu_id - mu_ood||^2`` (``r`` the
-     running mean, clipped to ``[0.05, 1]``)::
-
-         mean = (running_mean - (1 - a) * mu_ood) / a
-         var  = (running_var + running_mean**2 - (1 - a) * m2_ood) / a - mean**2
-
-   * ``"fixed"``: the same with ``a = fixed_weight`` (0.5: Wang et al.'s NTL
-     training with equal-size ID and OOD batches; DESIGN 7.1's first probe).
-     It removes more of the OOD group's mean than the fitted ``a`` (0.55-0.88
-     on the benchmark's NTL teachers), which cleared MNIST-M synthesis of OOD
-     samples but cost 13.5 points of IAcc in the backdoor setting and 41 in
-     the open-set one (``docs/bn_prior.md``).
-   * ``"id_group"``: the ID-like group's moments (``mean = mu_id``,
-     ``var = m2_id - mu_id**2``). While synthesis matches the running
-     statistics, ``running_mean`` is the batch mean, the mixture of the two
-     groups in the proportion the split found; its ID component is ``mu_id``.
+       mean = (running_mean - (1 - a) * mu_ood) / a
+       var  = (running_var + running_mean**2 - (1 - a) * m2_ood) / a - mean**2
 
    Variances are floored at ``var_floor * running_var``. Before the verdict
    and for an ordinary teacher the targets are the running statistics.
 
-The fitted ``a`` is computed and logged whatever the estimate.
-
-Everything here needs only teacher forwards the adapter already makes: the
-BN-layer inputs of the batches the guard scored.
+Everything here needs only teacher forwards the DFKD loop already makes: the
+BN-layer inputs of the batches the guard observes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from dfkd_guard.weightings import SplitParams, ood_mask
+from dfkd_guard.bn_statistics import BatchNorm, layer_moments
+from dfkd_guard.weightings import SplitParams
 
-__all__ = ["BNPrior", "BNPriorConfig", "BNTargets", "FixedBNTargets", "Verdict", "batchnorm_layers", "layer_moments"]
+__all__ = ["BNPrior", "BNPriorConfig", "Verdict"]
 
 logger = logging.getLogger("dfkd_guard")
 
-BatchNorm = nn.modules.batchnorm._BatchNorm
 Verdict = Literal["warming up", "ntl-like", "ordinary"]
-
-
-def batchnorm_layers(model: nn.Module) -> list[BatchNorm]:
-    """The model's BatchNorm layers that track running statistics, in module order."""
-    return [m for m in model.modules() if isinstance(m, BatchNorm) and m.track_running_stats]
-
-
-def layer_moments(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample, per-channel first and second moments of a BN layer's input.
-
-    :param inputs: float (B, C, ...) the layer's input (any spatial dims).
-    :returns: ``(mean, second_moment)``, each float (B, C), detached.
-    """
-    x = inputs.detach().float().flatten(2) if inputs.ndim > 2 else inputs.detach().float().unsqueeze(2)
-    return x.mean(dim=2), (x * x).mean(dim=2)
-
-
-class BNTargets(Protocol):
-    """Where :class:`~dfkd_guard.adapters.bn_statistics.BatchNormStatistics` takes its targets from."""
-
-    def target(self, index: int, layer: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel target ``(mean, var)`` for the ``index``-th BN layer (C,) each."""
-        ...
-
-
-class FixedBNTargets:
-    """Fixed per-layer targets, e.g. moments measured on real data (an oracle, not data-free).
-
-    :func:`dfkd_guard.adapters.bn_statistics.measure_bn_targets` measures them.
-
-    :param moments: per BN layer ``(mean, var)``, each float (C,).
-    """
-
-    def __init__(self, moments: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.moments = [(m.detach().clone(), v.detach().clone()) for m, v in moments]
-
-    def target(self, index: int, layer: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, var = self.moments[index]
-        return mean.to(layer.running_mean), var.to(layer.running_var)  # type: ignore[arg-type]
 
 
 class BNPriorConfig(BaseModel):
@@ -121,18 +67,36 @@ class BNPriorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    demix: bool = Field(default=True, description="estimate and remove the OOD component of the BN prior (and calibrate)")
-    split: SplitParams = Field(default_factory=SplitParams, description="how a scored batch is cut into ID-like and OOD-like samples (default: two-means on the scores)")
-    estimate: Literal["id_group", "fitted", "fixed"] = Field(default="fitted", description="corrected targets: the ID-like group's moments, or de-mixing with a fitted or fixed mixture weight")
-    fixed_weight: float = Field(default=0.5, gt=0.0, le=1.0, description="mixture weight a of estimate 'fixed' (0.5: NTL training with equal-size ID and OOD batches)")
-    ntl_separation: float = Field(default=0.1, ge=0.0, description="mean squared effect size between the groups at or above which the teacher is NTL-like")
-    skip_batches: int = Field(default=300, ge=0, description="scored synthetic batches ignored at the start, before synthesis settles")
-    warmup_batches: int = Field(default=300, ge=1, description="scored synthetic batches observed (after the skipped ones) before a is fitted and frozen")
-    momentum: float = Field(default=0.95, ge=0.0, lt=1.0, description="EMA momentum of the observed moments (weight of the old value)")
-    var_floor: float = Field(default=0.01, gt=0.0, le=1.0, description="corrected variance >= var_floor * running_var")
-    drop_trapped: bool = Field(
-        default=False,
-        description="at an NTL-like verdict, adapters with an image pool drop the pooled images the split calls OOD-like (synthesised against the mixed prior)",
+    demix: bool = Field(
+        default=True, description="estimate and remove the OOD component of the BN prior (and calibrate)"
+    )
+    split: SplitParams = Field(
+        default_factory=SplitParams,
+        description="how a scored batch is cut into ID-like and OOD-like samples (default: two-means on the scores)",
+    )
+    ntl_separation: float = Field(
+        default=0.1,
+        ge=0.0,
+        description="mean squared effect size between the groups at or above which the teacher is NTL-like",
+    )
+    skip_batches: int = Field(
+        default=300,
+        ge=0,
+        description="scored synthetic batches ignored at the start, before synthesis settles",
+    )
+    warmup_batches: int = Field(
+        default=300,
+        ge=1,
+        description="scored synthetic batches observed (after the skipped ones) before a is fitted and frozen",
+    )
+    momentum: float = Field(
+        default=0.95,
+        ge=0.0,
+        lt=1.0,
+        description="EMA momentum of the observed moments (weight of the old value)",
+    )
+    var_floor: float = Field(
+        default=0.01, gt=0.0, le=1.0, description="corrected variance >= var_floor * running_var"
     )
 
 
@@ -166,7 +130,7 @@ class BNPrior:
         self.observed = 0
         self._id = [_GroupMoments() for _ in self.layers]
         self._ood = [_GroupMoments() for _ in self.layers]
-        #: Fitted mixture weight per layer, once the warm-up ended (a diagnostic unless estimate is 'fitted').
+        #: Fitted mixture weight per layer, once the warm-up ended.
         self.weights: list[float] | None = None
         #: Squared effect size between the ID-like and OOD-like groups per layer, once the warm-up ended.
         self.separation: list[float] | None = None
@@ -226,7 +190,7 @@ class BNPrior:
             logger.info("BN prior: %s: ordinary teacher, BN targets and forgetting left alone", shown)
         else:
             self.verdict = "ntl-like"
-            logger.info("BN prior: %s: NTL-like teacher, BN targets corrected (%s)", shown, self.config.estimate)
+            logger.info("BN prior: %s: NTL-like teacher, BN targets corrected", shown)
 
     def _separation(self, layer: BatchNorm, index: int) -> float:
         mu_id, mu_ood = self._id[index].mean, self._ood[index].mean
@@ -255,15 +219,11 @@ class BNPrior:
         assert running_mean is not None and running_var is not None
         if not self.correcting or self.weights is None:
             return running_mean, running_var
-        if self.config.estimate == "id_group":
-            mean = self._id[index].mean.to(running_mean)  # type: ignore[union-attr]
-            second = self._id[index].second.to(running_mean)  # type: ignore[union-attr]
-        else:
-            a = self.weights[index] if self.config.estimate == "fitted" else self.config.fixed_weight
-            mu_ood = self._ood[index].mean.to(running_mean)  # type: ignore[union-attr]
-            m2_ood = self._ood[index].second.to(running_mean)  # type: ignore[union-attr]
-            mean = (running_mean - (1 - a) * mu_ood) / a
-            second = (running_var + running_mean * running_mean - (1 - a) * m2_ood) / a
+        a = self.weights[index]
+        mu_ood = self._ood[index].mean.to(running_mean)  # type: ignore[union-attr]
+        m2_ood = self._ood[index].second.to(running_mean)  # type: ignore[union-attr]
+        mean = (running_mean - (1 - a) * mu_ood) / a
+        second = (running_var + running_mean * running_mean - (1 - a) * m2_ood) / a
         var = torch.maximum(second - mean * mean, self.config.var_floor * running_var)
         return mean, var
 
@@ -282,7 +242,9 @@ class BNPrior:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         if len(state["id"]) != len(self.layers):
-            raise ValueError(f"BN prior state has {len(state['id'])} layers, the teacher has {len(self.layers)}")
+            raise ValueError(
+                f"BN prior state has {len(state['id'])} layers, the teacher has {len(self.layers)}"
+            )
         self.seen = int(state["seen"])
         self.observed = int(state["observed"])
         self.verdict = state["verdict"]

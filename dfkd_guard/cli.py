@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dfkd_guard import __version__
 from dfkd_guard.errors import DfkdGuardError
 
-__all__ = ["main", "COMMAND_MODULES"]
+__all__ = ["COMMAND_MODULES", "main"]
 
 #: Modules providing sub-commands, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -31,7 +31,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dfkd-guard", description="Guard data-free knowledge distillation against non-transferable teachers."
+        prog="dfkd-guard",
+        description="Guard data-free knowledge distillation against non-transferable teachers.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -51,13 +51,14 @@ if TYPE_CHECKING:
     from dfkd_guard.components import Component, ComponentKind
 
 if sys.version_info >= (3, 11):
-    import tomllib
     from typing import Self
+
+    import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
     from typing_extensions import Self
 
-__all__ = ["ComponentChoice", "PenaltyChoice", "ForgetConfig", "FileConfig", "GuardConfig", "ResolvedChoice"]
+__all__ = ["ComponentChoice", "FileConfig", "ForgetConfig", "GuardConfig", "PenaltyChoice", "ResolvedChoice"]
 
 
 class ComponentChoice(BaseModel):
@@ -69,7 +70,9 @@ class ComponentChoice(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="registered component name, e.g. 'atesc'")
-    params: dict[str, Any] = Field(default_factory=dict, description="validated by the component's params model")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="validated by the component's params model"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -97,7 +100,9 @@ class ForgetConfig(BaseModel):
         ge=0,
         description="OOD-like images of the BN-prior warm-up kept for the student to forget after an NTL-like verdict (0: none; dfkd_guard/trap_memory.py)",
     )
-    recall: int = Field(default=32, ge=1, description="trap-memory images added to every student batch, in its forget set")
+    recall: int = Field(
+        default=32, ge=1, description="trap-memory images added to every student batch, in its forget set"
+    )
 
 
 class FileConfig(BaseModel):
@@ -113,7 +118,9 @@ class FileConfig(BaseModel):
         path = Path(path)
         parsers = {".toml": tomllib.loads, ".json": json.loads}
         if path.suffix not in parsers:
-            raise ConfigError("<file>", f"unknown config suffix {path.suffix!r}; use .toml or .json", str(path))
+            raise ConfigError(
+                "<file>", f"unknown config suffix {path.suffix!r}; use .toml or .json", str(path)
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -121,7 +128,9 @@ class FileConfig(BaseModel):
         try:
             data = parsers[path.suffix](text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError("<file>", f"not valid {path.suffix[1:].upper()}: {exc}", source=str(path)) from exc
+            raise ConfigError(
+                "<file>", f"not valid {path.suffix[1:].upper()}: {exc}", source=str(path)
+            ) from exc
         return cls.from_mapping(data, source=str(path))
 
     @classmethod
@@ -146,11 +155,13 @@ class GuardConfig(FileConfig):
     )
     penalties: tuple[PenaltyChoice, ...] = Field(default=(), description="generator penalties, summed")
     forget: ForgetConfig = Field(
-        default_factory=lambda: ForgetConfig(kind="none"), description="forgetting term (default none, see weighting)"
+        default_factory=lambda: ForgetConfig(kind="none"),
+        description="forgetting term (default none, see weighting)",
     )
     kd_temperature: float = Field(default=1.0, gt=0.0, description="tau of KL(T/tau || S/tau) * tau^2")
     bn_prior: BNPriorConfig = Field(
-        default_factory=BNPriorConfig, description="BN-prior de-mixing and calibration (adapters that match BN statistics)"
+        default_factory=BNPriorConfig,
+        description="BN-prior de-mixing and calibration (adapters that match BN statistics)",
     )
     normalization: Normalization = Field(
         default_factory=Normalization, description="how [0,1] pixels are normalised for the teacher"
@@ -177,11 +188,14 @@ class GuardConfig(FileConfig):
                 "use scorer 'atesc' with params.measure = 'margin'",
             )
         if self.forget.memory and self.forget.kind == "none":
-            raise ConfigError("forget.memory", "a trap memory needs a forgetting term; set forget.kind = 'uniform'")
+            raise ConfigError(
+                "forget.memory", "a trap memory needs a forgetting term; set forget.kind = 'uniform'"
+            )
         if self.forget.memory and not self.bn_prior.demix:
-            raise ConfigError("forget.memory", "the trap memory is filled during the BN-prior warm-up; set bn_prior.demix = true")
-        if self.bn_prior.drop_trapped and not self.bn_prior.demix:
-            raise ConfigError("bn_prior.drop_trapped", "trapped images are named by the BN prior's verdict; set bn_prior.demix = true")
+            raise ConfigError(
+                "forget.memory",
+                "the trap memory is filled during the BN-prior warm-up; set bn_prior.demix = true",
+            )
         return ResolvedConfig(scorer=scorer, weighting=weighting, penalties=penalties)
 
 
@@ -218,7 +232,9 @@ def _resolve(
     component = components.get((kind, choice.name))
     if component is None:
         known = sorted(name for k, name in components if k == kind)
-        raise ConfigError(f"{field}.name", f"unknown {kind} {choice.name!r}; registered: {', '.join(known) or 'none'}")
+        raise ConfigError(
+            f"{field}.name", f"unknown {kind} {choice.name!r}; registered: {', '.join(known) or 'none'}"
+        )
     try:
         params = component.params.model_validate(choice.params)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ plugin and hook whose result was wrong.
 
 from __future__ import annotations
 
-__all__ = ["DfkdGuardError", "ConfigError", "PluginError"]
+__all__ = ["ConfigError", "DfkdGuardError", "PluginError"]
 
 
 class DfkdGuardError(Exception):

@@ -1,28 +1,57 @@
 """The dfkd-guard hook contract.
 
-This module is the whole interface between the guard and its plugins.
-Built-in scorers, weightings and penalties implement these hooks exactly as a
-third-party plugin does.
+This module and :mod:`dfkd_guard.components` are the whole interface between
+the guard and its plugins. Built-in scorers, weightings and penalties are
+plugins written exactly as a third-party plugin is.
 
-Conventions that hold for every hook:
+A plugin uses pluggy for two things: *declaration* (:func:`dfkd_guard_components`
+returns its components) and *observation* (the ``dfkd_guard_batch_*`` and
+``dfkd_guard_step_finished`` hooks, called on every plugin). The work itself
+is done by the components: each is one function carrying its kind, name and
+parameter model (``@scorer("name", Params)``, ``@weighting``, ``@penalty``),
+which the guard calls directly when a config selects it by name.
 
-* Hooks are called with keyword arguments only; an implementation may accept
-  any subset of a spec's parameters.
+Conventions that hold for every hook and component function:
+
+* They are called with keyword arguments only; an implementation may accept
+  any subset of the arguments offered (a component function, any subset of
+  its kind's arguments, :data:`~dfkd_guard.components.COMPONENT_ARGUMENTS`).
+  A component function naming any other argument is refused when the
+  registry is built.
 * ``images`` are float tensors (B, C, H, W) in the teacher's *input* units:
   [0, 1] pixels already normalised by the guard's
   :class:`~dfkd_guard.normalization.Normalization` (``(x - mean) / std``).
   Pixel-unit budgets must be converted with ``normalization.pixel_to_input``.
 * ``logits`` are the teacher's float (B, K) outputs on those images.
-* The method hooks (score, sample weights, generator penalty) are dispatched
-  by name: the guard calls each on the plugin that declared the selected
-  component in :func:`dfkd_guard_components`, passing the component's name and
-  validated parameters. One plugin may declare several components and branch
-  on the name.
-* While a method hook runs, the teacher is in eval mode, its parameters do not
-  require grad and the forward hooks registered on its modules are suspended
-  (an adapter's BatchNorm-statistics hooks keep the values of *its* last
-  forward). All of this is restored afterwards; implementations must not
-  change it themselves.
+
+The call contract of each component kind:
+
+* **scorer** ``(images, logits, teacher, normalization, params)``: on every
+  synthetic batch the student will see (once per image for pooled adapters).
+  ``images`` and ``logits`` (B, K) are detached; reuse ``logits`` instead of
+  running the teacher again when the score needs only logits. Grad with
+  respect to inputs is enabled, for scores that attack the teacher. ``params`` is
+  an instance of the declared parameter model. Returns a float tensor (B,),
+  finite, higher = more OOD-like.
+* **weighting** ``(scores, logits, params)``: before each student step.
+  ``scores`` float (B,) from the scorer, higher = more OOD-like; ``logits``
+  float (B, K) teacher logits on the batch, detached. Returns
+  :class:`~dfkd_guard.sample_weights.SampleWeights`: ``kd`` float (B,) in
+  [0, 1] and ``forget`` bool (B,).
+* **penalty** ``(images, logits, teacher, normalization, params)``: inside
+  each synthesis step, before ``backward()``, once for every penalty in the
+  configuration. ``images`` *keep grad* to the generator (or the pixels being
+  optimised); ``logits`` keep grad to ``images`` (not to the teacher's
+  weights). Returns a scalar float tensor with grad to ``images``; lower is
+  better for the generator. The guard multiplies each result by the
+  penalty's configured weight and sums them.
+
+While a component function runs, the teacher is in eval mode, its parameters
+do not require grad and the forward hooks registered on its modules are
+suspended (an adapter's BatchNorm-statistics hooks keep the values of *its*
+last forward). All of this is restored afterwards; implementations must not
+change it themselves. An exception, a None result or a result that breaks
+the contract is a :class:`~dfkd_guard.errors.PluginError` naming the plugin.
 """
 
 from __future__ import annotations
@@ -34,13 +63,11 @@ import pluggy
 
 if TYPE_CHECKING:
     import torch
-    from pydantic import BaseModel
 
     from dfkd_guard.components import Component
-    from dfkd_guard.normalization import Normalization
     from dfkd_guard.sample_weights import SampleWeights
 
-__all__ = ["hookspec", "hookimpl", "PROJECT_NAME"]
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 
 PROJECT_NAME = "dfkd_guard"
 
@@ -61,89 +88,10 @@ def dfkd_guard_components() -> list[Component]:
     plugins are concatenated; a name declared twice for the same kind is an
     error naming both plugins.
 
-    :returns: the plugin's :class:`~dfkd_guard.components.Component` list.
-
-    Every plugin that implements a method hook implements this one.
-    """
-
-
-# -------------------------------------------------------------------------
-# Method hooks: called by adapters (through the Guard) inside the DFKD loop
-# -------------------------------------------------------------------------
-
-
-@hookspec(firstresult=True)
-def dfkd_guard_score(
-    scorer: str,
-    params: BaseModel,
-    images: torch.Tensor,
-    logits: torch.Tensor,
-    teacher: torch.nn.Module,
-    normalization: Normalization,
-) -> torch.Tensor | None:
-    """Score how OOD-like each synthetic sample is.
-
-    Called on every synthetic batch the student will see (once per image for
-    pooled adapters), on the plugin that declared the scorer ``scorer``.
-    Stops at the first non-None result.
-
-    :param scorer: name of the selected scorer.
-    :param params: its validated parameters (an instance of the declared model).
-    :param images: float (B, C, H, W), teacher input units, detached.
-    :param logits: float (B, K) teacher logits on ``images``, detached; reuse
-        them instead of running the teacher again when the score needs only logits.
-    :param teacher: the teacher (eval mode, frozen, forward hooks suspended).
-    :param normalization: the pixel normalisation, to convert pixel budgets.
-    :returns: float tensor (B,), finite, higher = more OOD-like, no grad.
-    """
-
-
-@hookspec(firstresult=True)
-def dfkd_guard_sample_weights(
-    weighting: str,
-    params: BaseModel,
-    scores: torch.Tensor,
-    logits: torch.Tensor,
-) -> SampleWeights | None:
-    """Turn a batch's OOD scores into KD weights and a forget mask.
-
-    Called before each student step, on the plugin that declared the
-    weighting ``weighting``. Stops at the first non-None result.
-
-    :param weighting: name of the selected weighting.
-    :param params: its validated parameters.
-    :param scores: float (B,) from :func:`dfkd_guard_score`, higher = more OOD-like.
-    :param logits: float (B, K) teacher logits on the batch, detached.
-    :returns: :class:`~dfkd_guard.sample_weights.SampleWeights`: ``kd`` float (B,)
-        in [0, 1] and ``forget`` bool (B,).
-    """
-
-
-@hookspec(firstresult=True)
-def dfkd_guard_generator_penalty(
-    penalty: str,
-    params: BaseModel,
-    images: torch.Tensor,
-    logits: torch.Tensor,
-    teacher: torch.nn.Module,
-    normalization: Normalization,
-) -> torch.Tensor | None:
-    """A loss term that pushes synthesis away from the OOD-like region.
-
-    Called inside each synthesis step, before ``backward()``, once for every
-    penalty in the configuration, on the plugin that declared it. The guard
-    multiplies each result by the penalty's configured weight and sums them.
-
-    :param penalty: name of the selected penalty.
-    :param params: its validated parameters.
-    :param images: float (B, C, H, W), teacher input units; *keeps grad* to the
-        generator (or to the pixels being optimised).
-    :param logits: float (B, K) teacher logits on ``images``, keeping grad to
-        ``images`` (not to the teacher's weights).
-    :param teacher: the teacher (eval mode, frozen, forward hooks suspended).
-    :param normalization: the pixel normalisation.
-    :returns: scalar float tensor with grad to ``images``; lower is better for
-        the generator.
+    :returns: the plugin's :class:`~dfkd_guard.components.Component` list,
+        usually functions decorated with :func:`~dfkd_guard.components.scorer`,
+        :func:`~dfkd_guard.components.weighting` or
+        :func:`~dfkd_guard.components.penalty`.
     """
 
 

@@ -16,10 +16,12 @@ import torch.nn.functional as F
 
 from dfkd_guard.sample_weights import SampleWeights
 
-__all__ = ["kd_divergence", "uniform_divergence", "student_loss"]
+__all__ = ["kd_divergence", "uniform_divergence", "weighted_loss"]
 
 
-def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def kd_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Per-sample KL(T/tau || S/tau) * tau^2.
 
     :param student_logits: float (B, K).
@@ -42,29 +44,29 @@ def uniform_divergence(student_logits: torch.Tensor) -> torch.Tensor:
     return -math.log(num_classes) - log_s.mean(dim=1)
 
 
-def student_loss(
+def weighted_loss(
+    per_sample: torch.Tensor,
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
     weights: SampleWeights,
     *,
-    temperature: float = 1.0,
     forget_kind: Literal["uniform", "none"] = "uniform",
     forget_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Weighted KD plus the forgetting term.
+    """A per-sample distillation loss, weighted, plus the forgetting term.
 
-    ``sum_i w_i KD_i / sum_i w_i + lambda * mean_{i in forget} KL(U || S_i)``:
-    the KD term is a weighted mean (its scale does not shrink when samples are
-    dropped; it is 0 when every weight is 0), the forgetting term a mean over
-    the forget set (0 when it is empty).
+    ``sum_i w_i L_i / sum_i w_i + lambda * mean_{i in forget} KL(U || S_i)``:
+    the distillation term is a weighted mean (its scale does not shrink when
+    samples are dropped; it is 0 when every weight is 0), the forgetting term
+    a mean over the forget set (0 when it is empty).
 
-    :param student_logits: float (B, K) with grad to the student.
-    :param teacher_logits: float (B, K), detached.
+    :param per_sample: float (B,) the distillation loss of each sample, any
+        criterion (KL at any temperature, L1 of logits, ...), with grad to the student.
+    :param student_logits: float (B, K) with grad to the student (for the forgetting term).
     :param weights: KD weights (B,) in [0, 1] and forget mask (B,).
     :returns: scalar tensor.
     """
-    kd_weights = weights.kd.to(student_logits.dtype)
-    kd = (kd_weights * kd_divergence(student_logits, teacher_logits, temperature)).sum()
+    kd_weights = weights.kd.to(per_sample.dtype)
+    kd = (kd_weights * per_sample).sum()
     loss = kd / kd_weights.sum().clamp_min(torch.finfo(kd_weights.dtype).tiny)
     if forget_kind == "uniform" and forget_weight > 0 and bool(weights.forget.any()):
         loss = loss + forget_weight * uniform_divergence(student_logits[weights.forget]).mean()

@@ -7,7 +7,9 @@ Teachers are trained on normalised images ``(x - mean) / std`` where ``x`` is in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -19,7 +21,9 @@ class Normalization(BaseModel):
     """Per-channel normalisation applied to [0, 1] images before the teacher.
 
     The identity (mean 0, std 1) means the teacher takes [0, 1] images directly.
-    A single value applies to every channel.
+    A single value applies to every channel. Accepts what users already have:
+    ``{"mean": [...], "std": [...]}``, a ``(mean, std)`` pair, or any object
+    with ``mean`` and ``std`` attributes, such as ``torchvision.transforms.Normalize``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -27,13 +31,29 @@ class Normalization(BaseModel):
     mean: tuple[float, ...] = Field(default=(0.0,), description="per-channel mean, pixel units")
     std: tuple[float, ...] = Field(default=(1.0,), description="per-channel std, pixel units, > 0")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_transform(cls, value: Any) -> Any:
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            return {"mean": _floats(value[0]), "std": _floats(value[1])}
+        if not isinstance(value, (dict, BaseModel)) and hasattr(value, "mean") and hasattr(value, "std"):
+            return {"mean": _floats(value.mean), "std": _floats(value.std)}
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Normalization:
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean has {len(self.mean)} channels but std has {len(self.std)}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError(f"mean and std must be finite, got mean {self.mean}, std {self.std}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be > 0 in every channel, got {self.std}")
         return self
+
+    @property
+    def is_identity(self) -> bool:
+        """True when images are taken as [0, 1] pixels unchanged (mean 0, std 1 in every channel)."""
+        return all(m == 0.0 for m in self.mean) and all(s == 1.0 for s in self.std)
 
     def _per_channel(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
         channels = like.shape[1]
@@ -60,3 +80,14 @@ class Normalization(BaseModel):
         mean = self._per_channel(self.mean, like)
         std = self._per_channel(self.std, like)
         return (0.0 - mean) / std, (1.0 - mean) / std
+
+
+def _floats(values: Any) -> Any:
+    """A scalar, sequence or tensor of channel values as a tuple of floats (anything else unchanged)."""
+    if isinstance(values, torch.Tensor):
+        return tuple(float(v) for v in values.flatten())
+    if isinstance(values, (int, float)):
+        return (float(values),)
+    if isinstance(values, Sequence) and not isinstance(values, str):
+        return tuple(values)
+    return values

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from dfkd_guard.components import Component
+from dfkd_guard.components import Component, penalty
 from dfkd_guard.hookspecs import hookimpl
 from dfkd_guard.normalization import Normalization
 from dfkd_guard.scorers._direction import OodWhen
@@ -47,37 +47,31 @@ class InputGradientParams(BaseModel):
     floor: float = Field(default=1e-6, gt=0.0, description="added to the gradient norm before the log")
 
 
+@penalty("confidence", ConfidencePenaltyParams)
+def confidence(logits: torch.Tensor, params: ConfidencePenaltyParams) -> torch.Tensor:
+    """oriented energy / MSP of the teacher on synthetic samples"""
+    if params.score == "energy":
+        value = params.temperature * torch.logsumexp(logits / params.temperature, dim=1)
+    else:
+        value = F.softmax(logits, dim=1).amax(dim=1)
+    sign = 1.0 if params.ood_when == "confident" else -1.0
+    return sign * value.mean()
+
+
+@penalty("input_gradient", InputGradientParams)
+def input_gradient(
+    images: torch.Tensor, logits: torch.Tensor, normalization: Normalization, params: InputGradientParams
+) -> torch.Tensor:
+    """-log input-gradient norm of the teacher's loss (robustness proxy)"""
+    if not images.requires_grad:
+        raise ValueError("input_gradient needs images that require grad (the generator's output)")
+    loss = F.cross_entropy(logits, logits.detach().argmax(dim=1), reduction="sum")
+    (grad,) = torch.autograd.grad(loss, images, create_graph=True)
+    pixel_grad = grad * normalization.pixel_to_input(1.0, images)  # d loss / d pixel = grad / std
+    norms = pixel_grad.flatten(1).abs().sum(dim=1)
+    return -torch.log(norms + params.floor).mean()
+
+
 @hookimpl(trylast=True)
 def dfkd_guard_components() -> list[Component]:
-    return [
-        Component("penalty", "confidence", "oriented energy / MSP of the teacher on synthetic samples", ConfidencePenaltyParams),
-        Component("penalty", "input_gradient", "-log input-gradient norm of the teacher's loss (robustness proxy)", InputGradientParams),
-    ]
-
-
-@hookimpl(trylast=True)
-def dfkd_guard_generator_penalty(
-    penalty: str,
-    params: BaseModel,
-    images: torch.Tensor,
-    logits: torch.Tensor,
-    normalization: Normalization,
-) -> torch.Tensor | None:
-    if penalty == "confidence":
-        assert isinstance(params, ConfidencePenaltyParams)
-        if params.score == "energy":
-            confidence = params.temperature * torch.logsumexp(logits / params.temperature, dim=1)
-        else:
-            confidence = F.softmax(logits, dim=1).amax(dim=1)
-        sign = 1.0 if params.ood_when == "confident" else -1.0
-        return sign * confidence.mean()
-    if penalty == "input_gradient":
-        assert isinstance(params, InputGradientParams)
-        if not images.requires_grad:
-            raise ValueError("input_gradient needs images that require grad (the generator's output)")
-        loss = F.cross_entropy(logits, logits.detach().argmax(dim=1), reduction="sum")
-        (grad,) = torch.autograd.grad(loss, images, create_graph=True)
-        pixel_grad = grad * normalization.pixel_to_input(1.0, images)  # d loss / d pixel = grad / std
-        norms = pixel_grad.flatten(1).abs().sum(dim=1)
-        return -torch.log(norms + params.floor).mean()
-    return None
+    return [confidence, input_gradient]

@@ -4,12 +4,18 @@ Each :class:`PluginRegistry` owns its own ``pluggy.PluginManager``; nothing is
 global, so two guards in one process (or one per rank) never see each
 other's plugins. Third-party plugins are found through the entry-point group
 ``dfkd_guard``; set ``DFKD_GUARD_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them.
+
+pluggy finds the plugins, orders them and calls the declaration and observer
+hooks; the components the plugins declare are plain functions
+(:mod:`dfkd_guard.components`) that :meth:`PluginRegistry.call_component`
+calls directly, with the keyword arguments each one takes.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,10 +25,10 @@ from typing import Any
 import pluggy
 
 from dfkd_guard import hookspecs
-from dfkd_guard.components import COMPONENT_KINDS, Component, ComponentKind
+from dfkd_guard.components import COMPONENT_ARGUMENTS, COMPONENT_KINDS, Component, ComponentKind
 from dfkd_guard.errors import PluginError
 
-__all__ = ["BUILTIN_PLUGINS", "AUTOLOAD_ENV", "ENTRY_POINT_GROUP", "RegisteredComponent", "PluginRegistry"]
+__all__ = ["AUTOLOAD_ENV", "BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "PluginRegistry", "RegisteredComponent"]
 
 #: Modules registered as plugins in every registry, in this order.
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -36,12 +42,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 ENTRY_POINT_GROUP = "dfkd_guard"
 AUTOLOAD_ENV = "DFKD_GUARD_DISABLE_PLUGIN_AUTOLOAD"
 
-_METHOD_HOOKS: dict[ComponentKind, str] = {
-    "scorer": "dfkd_guard_score",
-    "weighting": "dfkd_guard_sample_weights",
-    "penalty": "dfkd_guard_generator_penalty",
-}
-_NAME_ARGUMENT: dict[ComponentKind, str] = {"scorer": "scorer", "weighting": "weighting", "penalty": "penalty"}
+#: Hooks of earlier versions, replaced by component functions; named in the error.
+_REMOVED_HOOKS = ("dfkd_guard_score", "dfkd_guard_sample_weights", "dfkd_guard_generator_penalty")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,35 @@ def _plugin_name(plugin: object) -> str:
     return f"{type(plugin).__module__}.{type(plugin).__qualname__}@{id(plugin):x}"
 
 
+def _arguments_of(component: Component, plugin_name: str) -> tuple[str, ...] | None:
+    """The keyword arguments ``component.function`` takes; None if it takes ``**kwargs``.
+
+    :raises PluginError: the signature cannot be read, or names an argument
+        the guard does not pass to a component of this kind.
+    """
+    where = f"{component.kind} {component.name!r}"
+    allowed = COMPONENT_ARGUMENTS[component.kind]
+    try:
+        signature = inspect.signature(component.function)
+    except (TypeError, ValueError) as exc:
+        raise PluginError(plugin_name, where, f"cannot read the signature of its function: {exc}") from exc
+    names: list[str] = []
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            return None
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            continue
+        if parameter.kind is parameter.POSITIONAL_ONLY or parameter.name not in allowed:
+            raise PluginError(
+                plugin_name,
+                where,
+                f"its function takes {parameter.name!r}; a {component.kind} is called with keyword arguments "
+                f"from {', '.join(allowed)}",
+            )
+        names.append(parameter.name)
+    return tuple(names)
+
+
 class PluginRegistry:
     """Registered plugins and the components they declare.
 
@@ -82,8 +113,10 @@ class PluginRegistry:
         for module_name in BUILTIN_PLUGINS:
             try:
                 module = importlib.import_module(module_name)
-            except Exception as exc:  # noqa: BLE001 - re-raised naming the plugin
-                raise PluginError(module_name, "import", f"built-in plugin failed to import: {exc!r}") from exc
+            except Exception as exc:  # re-raised naming the plugin
+                raise PluginError(
+                    module_name, "import", f"built-in plugin failed to import: {exc!r}"
+                ) from exc
             self._register(module, module_name, "built-in")
         for plugin in plugins:
             self._register(plugin, _plugin_name(plugin), "code")
@@ -94,9 +127,13 @@ class PluginRegistry:
         try:
             self.manager.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(self._name_of(exc.plugin), "check_pending", str(exc)) from exc
+            message = str(exc)
+            if any(repr(hook) in message for hook in _REMOVED_HOOKS):
+                message += "; declare each component as one function instead (docs/plugins.md)"
+            raise PluginError(self._name_of(exc.plugin), "check_pending", message) from exc
+        # (kind, name) -> the keyword arguments its function takes; None: all (it has **kwargs)
+        self._arguments: dict[tuple[str, str], tuple[str, ...] | None] = {}
         self._components = self._collect_components()
-        self._callers: dict[tuple[str, str], Any] = {}
 
     # -- registration ------------------------------------------------------
 
@@ -119,9 +156,11 @@ class PluginRegistry:
                 dist_name = dist.metadata["Name"]
                 try:
                     plugin = ep.load()
-                except Exception as exc:  # noqa: BLE001 - re-raised naming the plugin
+                except Exception as exc:  # re-raised naming the plugin
                     raise PluginError(
-                        ep.name, "import", f"entry point {ep.value!r} of distribution {dist_name!r} failed: {exc!r}"
+                        ep.name,
+                        "import",
+                        f"entry point {ep.value!r} of distribution {dist_name!r} failed: {exc!r}",
                     ) from exc
                 self._register(plugin, ep.name, f"{dist_name} {dist.version}")
 
@@ -135,17 +174,12 @@ class PluginRegistry:
             try:
                 declared = impl.function()
                 components = list(declared)
-            except Exception as exc:  # noqa: BLE001 - re-raised naming the plugin
+            except Exception as exc:  # re-raised naming the plugin
                 raise PluginError(name, "dfkd_guard_components", f"raised {exc!r}") from exc
             for component in components:
                 if not isinstance(component, Component):
-                    raise PluginError(name, "dfkd_guard_components", f"returned {component!r}, not a Component")
-                hook_name = _METHOD_HOOKS[component.kind]
-                if not any(i.plugin_name == name for i in getattr(self.manager.hook, hook_name).get_hookimpls()):
                     raise PluginError(
-                        name,
-                        "dfkd_guard_components",
-                        f"declares {component.kind} {component.name!r} but does not implement {hook_name}",
+                        name, "dfkd_guard_components", f"returned {component!r}, not a Component"
                     )
                 key = (component.kind, component.name)
                 if key in found:
@@ -154,6 +188,7 @@ class PluginRegistry:
                         "dfkd_guard_components",
                         f"{component.kind} {component.name!r} is already declared by plugin {found[key].plugin_name!r}",
                     )
+                self._arguments[key] = _arguments_of(component, name)
                 found[key] = RegisteredComponent(component, name, self._sources[name])
         return found
 
@@ -178,25 +213,25 @@ class PluginRegistry:
     # -- calls -------------------------------------------------------------
 
     def call_component(self, kind: ComponentKind, name: str, **kwargs: Any) -> Any:
-        """Call the method hook of ``kind`` on the plugin that declared ``name``.
+        """Call the function of the ``kind`` component ``name`` with the arguments it takes.
 
-        :raises PluginError: the plugin raised or returned None.
+        :raises PluginError: the function raised or returned None; names the
+            providing plugin and the component.
         """
         provider = self.provider(kind, name)
-        hook_name = _METHOD_HOOKS[kind]
-        caller = self._callers.get((hook_name, provider))
-        if caller is None:
-            others = [p for n, p in self.manager.list_name_plugin() if n != provider]
-            caller = self.manager.subset_hook_caller(hook_name, remove_plugins=others)
-            self._callers[(hook_name, provider)] = caller
+        function = self._components[(kind, name)].component.function
+        accepted = self._arguments[(kind, name)]
+        if accepted is not None:
+            kwargs = {arg: kwargs[arg] for arg in accepted if arg in kwargs}
+        where = f"{kind} {name!r}"
         try:
-            result = caller(**{_NAME_ARGUMENT[kind]: name}, **kwargs)
+            result = function(**kwargs)
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(provider, hook_name, f"{kind} {name!r} raised {exc!r}") from exc
+            raise PluginError(provider, where, f"raised {exc!r}") from exc
         if result is None:
-            raise PluginError(provider, hook_name, f"declared {kind} {name!r} but returned None for it")
+            raise PluginError(provider, where, "returned None")
         return result
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:

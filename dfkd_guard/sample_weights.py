@@ -23,7 +23,9 @@ class SampleWeights:
     @classmethod
     def keep_all(cls, batch_size: int, device: torch.device | str = "cpu") -> SampleWeights:
         """Weight 1 for every sample, nothing forgotten (the unguarded student)."""
-        return cls(torch.ones(batch_size, device=device), torch.zeros(batch_size, dtype=torch.bool, device=device))
+        return cls(
+            torch.ones(batch_size, device=device), torch.zeros(batch_size, dtype=torch.bool, device=device)
+        )
 
     def problems(self, batch_size: int) -> str | None:
         """Why these weights break the contract for a batch of ``batch_size``, or None."""

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["save_atomic", "write_json_atomic", "load_plain"]
+__all__ = ["load_plain", "save_atomic", "write_json_atomic"]
 
 
 def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:

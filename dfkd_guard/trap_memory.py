@@ -55,7 +55,9 @@ class TrapMemory:
         if self._images is None:
             self._images = images.new_zeros((self.capacity, *images.shape[1:]))
         elif images.shape[1:] != self._images.shape[1:]:
-            raise ValueError(f"trap memory holds images {tuple(self._images.shape[1:])}, got {tuple(images.shape[1:])}")
+            raise ValueError(
+                f"trap memory holds images {tuple(self._images.shape[1:])}, got {tuple(images.shape[1:])}"
+            )
         images = images[-self.capacity :]
         slots = (self._write + torch.arange(images.shape[0])) % self.capacity
         self._images[slots.to(self._images.device)] = images.to(self._images)
@@ -87,7 +89,9 @@ class TrapMemory:
         :raises ValueError: the state was saved with another capacity.
         """
         if int(state["capacity"]) != self.capacity:
-            raise ValueError(f"trap memory state has capacity {state['capacity']}, this memory {self.capacity}")
+            raise ValueError(
+                f"trap memory state has capacity {state['capacity']}, this memory {self.capacity}"
+            )
         images = state["images"]
         self._images, self._size = None, 0
         if images is not None and images.shape[0]:

@@ -25,11 +25,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dfkd_guard.components import Component, NoParams
+from dfkd_guard.components import Component, weighting
 from dfkd_guard.hookspecs import hookimpl
 from dfkd_guard.sample_weights import SampleWeights
 
-__all__ = ["SplitParams", "SoftParams", "ood_mask", "two_means_cut", "otsu_cut"]
+__all__ = ["SoftParams", "SplitParams", "ood_mask", "otsu_cut", "two_means_cut"]
 
 
 class SplitParams(BaseModel):
@@ -56,15 +56,6 @@ class SoftParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     width: float = Field(default=1.0, gt=0.0, description="sigmoid width, in batch standard deviations")
-
-
-@hookimpl(trylast=True)
-def dfkd_guard_components() -> list[Component]:
-    return [
-        Component("weighting", "split", "OOD-like samples get KD weight 0 and are forgotten (ATEsc)", SplitParams),
-        Component("weighting", "soft", "KD weights fall smoothly with the score; nothing forgotten", SoftParams),
-        Component("weighting", "none", "KD weight 1 everywhere, nothing forgotten", NoParams),
-    ]
 
 
 def two_means_cut(scores: torch.Tensor, iterations: int = 50) -> float | None:
@@ -119,19 +110,29 @@ def ood_mask(scores: torch.Tensor, params: SplitParams) -> torch.Tensor:
     return scores > cut
 
 
-@hookimpl(trylast=True)
-def dfkd_guard_sample_weights(weighting: str, params: BaseModel, scores: torch.Tensor) -> SampleWeights | None:
-    if weighting == "split":
-        assert isinstance(params, SplitParams)
-        ood = ood_mask(scores, params)
-        return SampleWeights(kd=(~ood).float(), forget=ood)
-    if weighting == "soft":
-        assert isinstance(params, SoftParams)
-        spread = scores.std() if scores.numel() > 1 else scores.new_zeros(())
-        if spread == 0:
-            return SampleWeights.keep_all(scores.numel(), scores.device)
-        kd = torch.sigmoid(-(scores - scores.median()) / (params.width * spread))
-        return SampleWeights(kd=kd, forget=torch.zeros_like(scores, dtype=torch.bool))
-    if weighting == "none":
+@weighting("split", SplitParams)
+def split(scores: torch.Tensor, params: SplitParams) -> SampleWeights:
+    """OOD-like samples get KD weight 0 and are forgotten (ATEsc)"""
+    ood = ood_mask(scores, params)
+    return SampleWeights(kd=(~ood).float(), forget=ood)
+
+
+@weighting("soft", SoftParams)
+def soft(scores: torch.Tensor, params: SoftParams) -> SampleWeights:
+    """KD weights fall smoothly with the score; nothing forgotten"""
+    spread = scores.std() if scores.numel() > 1 else scores.new_zeros(())
+    if spread == 0:
         return SampleWeights.keep_all(scores.numel(), scores.device)
-    return None
+    kd = torch.sigmoid(-(scores - scores.median()) / (params.width * spread))
+    return SampleWeights(kd=kd, forget=torch.zeros_like(scores, dtype=torch.bool))
+
+
+@weighting("none")
+def none(scores: torch.Tensor) -> SampleWeights:
+    """KD weight 1 everywhere, nothing forgotten"""
+    return SampleWeights.keep_all(scores.numel(), scores.device)
+
+
+@hookimpl(trylast=True)
+def dfkd_guard_components() -> list[Component]:
+    return [split, soft, none]

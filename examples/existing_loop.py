@@ -42,23 +42,30 @@ class BNStatsHook:
         x = inputs[0]
         mean = x.mean(dim=(0, 2, 3))
         var = x.var(dim=(0, 2, 3), unbiased=False)
-        self.r_feature = torch.norm(mean - self.module.running_mean, 2) + torch.norm(var - self.module.running_var, 2)
+        self.r_feature = torch.norm(mean - self.module.running_mean, 2) + torch.norm(
+            var - self.module.running_var, 2
+        )
 
     def remove(self) -> None:
         self.handle.remove()
 
 
 class KLDiv(nn.Module):
-    """KL(teacher || student) of temperature-softened predictions, times T^2, from log-probabilities."""
+    """KL(teacher || student) of temperature-softened predictions, times T^2, from log-probabilities.
 
-    def __init__(self, T: float = 1.0) -> None:
+    ``reduction="batchmean"``: the batch mean (a scalar); ``"none"``: one value per sample (B,).
+    """
+
+    def __init__(self, T: float = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
         self.T = T
+        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         log_q = F.log_softmax(logits / self.T, dim=1)
         log_p = F.log_softmax(targets / self.T, dim=1)
-        return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * self.T**2
+        kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1) * self.T**2
+        return kl.mean() if self.reduction == "batchmean" else kl
 
 
 class Synthesizer:
@@ -105,8 +112,8 @@ class Synthesizer:
 
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
-        """A fresh batch of generator images, detached."""
-        self.generator.eval()
+        """A fresh batch of generator images, detached; G in train mode, as DFAD and DFQ sample it."""
+        self.generator.train()
         return self.generator(torch.randn(self.batch_size, self.nz))
 
     def remove_hooks(self) -> None:
@@ -139,7 +146,9 @@ def train(
             loss_s.backward()
             optimizer.step()
         if (it + 1) % log_every == 0 or it + 1 == steps:
-            print(f"iter {it + 1}/{steps}  loss_G {losses['total']:.3f}  loss_S {loss_s.item():.4f}", flush=True)
+            print(
+                f"iter {it + 1}/{steps}  loss_G {losses['total']:.3f}  loss_S {loss_s.item():.4f}", flush=True
+            )
 
 
 @torch.no_grad()
@@ -159,11 +168,19 @@ def _widths(text: str) -> tuple[int, ...]:
 def main(argv: Sequence[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="DFKD iterations (default: 20; try 2000)")
-    parser.add_argument("--kd-steps", type=int, default=2, help="student steps per generator step (default: 2)")
+    parser.add_argument(
+        "--kd-steps", type=int, default=2, help="student steps per generator step (default: 2)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="synthetic batch size (default: 64)")
-    parser.add_argument("--teacher", default=None, metavar="PATH", help="teacher state dict (default: train one)")
-    parser.add_argument("--teacher-widths", type=_widths, default=(8, 16, 32), help="teacher CNN widths (default: 8,16,32)")
-    parser.add_argument("--student-widths", type=_widths, default=(4, 8, 16), help="student CNN widths (default: 4,8,16)")
+    parser.add_argument(
+        "--teacher", default=None, metavar="PATH", help="teacher state dict (default: train one)"
+    )
+    parser.add_argument(
+        "--teacher-widths", type=_widths, default=(8, 16, 32), help="teacher CNN widths (default: 8,16,32)"
+    )
+    parser.add_argument(
+        "--student-widths", type=_widths, default=(4, 8, 16), help="student CNN widths (default: 4,8,16)"
+    )
     parser.add_argument("--nz", type=int, default=100, help="latent size of the generator (default: 100)")
     parser.add_argument("--ngf", type=int, default=32, help="generator width (default: 32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -183,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> float:
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    print(f"teacher accuracy on MNIST test: {accuracy(teacher, data.id_test.images, data.id_test.labels):.4f}")
+    print(
+        f"teacher accuracy on MNIST test: {accuracy(teacher, data.id_test.images, data.id_test.labels):.4f}"
+    )
 
     student = make_student(widths=args.student_widths)
     generator = Generator(latent_dim=args.nz, base_channels=args.ngf)

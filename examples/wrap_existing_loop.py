@@ -8,7 +8,6 @@ images; a ``KLDiv`` criterion; and a ``train()`` function alternating the two.
 
 The demo distils a small MNIST teacher into a smaller student with no real
 training image, then prints the student's accuracy on real MNIST test digits.
-Guarded copy of existing_loop.py: the lines marked ``# guard`` are the only change.
 Run this file with ``--steps N`` (``--help`` lists the options).
 """
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfkd_guard import Guard, GuardConfig  # guard
+from dfkd_guard import Guard  # guard
 
 # Only to build the demo's teacher, student, generator and test digits.
 from dfkd_guard.bench.data import build_setting
@@ -45,23 +44,30 @@ class BNStatsHook:
         x = inputs[0]
         mean = x.mean(dim=(0, 2, 3))
         var = x.var(dim=(0, 2, 3), unbiased=False)
-        self.r_feature = torch.norm(mean - self.module.running_mean, 2) + torch.norm(var - self.module.running_var, 2)
+        self.r_feature = torch.norm(mean - self.module.running_mean, 2) + torch.norm(
+            var - self.module.running_var, 2
+        )
 
     def remove(self) -> None:
         self.handle.remove()
 
 
 class KLDiv(nn.Module):
-    """KL(teacher || student) of temperature-softened predictions, times T^2, from log-probabilities."""
+    """KL(teacher || student) of temperature-softened predictions, times T^2, from log-probabilities.
 
-    def __init__(self, T: float = 1.0) -> None:
+    ``reduction="batchmean"``: the batch mean (a scalar); ``"none"``: one value per sample (B,).
+    """
+
+    def __init__(self, T: float = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
         self.T = T
+        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         log_q = F.log_softmax(logits / self.T, dim=1)
         log_p = F.log_softmax(targets / self.T, dim=1)
-        return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * self.T**2
+        kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1) * self.T**2
+        return kl.mean() if self.reduction == "batchmean" else kl
 
 
 class Synthesizer:
@@ -88,7 +94,7 @@ class Synthesizer:
         self.optimizer = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=(0.5, 0.999))
         self.hooks = [BNStatsHook(m) for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
         self.kldiv = KLDiv()
-        self.guard = Guard(GuardConfig(scorer="atesc", weighting="split", forget={"kind": "uniform"}), teacher)  # guard
+        self.guard = Guard(teacher=teacher)  # guard
 
     def synthesize(self) -> dict[str, float]:
         """One generator step; returns the loss terms."""
@@ -100,7 +106,7 @@ class Synthesizer:
         t_out = self.teacher(inputs)
         s_out = self.student(inputs)
         loss_oh = F.cross_entropy(t_out, t_out.argmax(dim=1))
-        loss_bn = sum(h.r_feature for h in self.hooks)
+        loss_bn = self.guard.bn_loss()  # guard
         loss_adv = -self.kldiv(s_out, t_out)
         loss_G = self.oh * loss_oh + self.bn * loss_bn + self.adv * loss_adv
         loss_G = loss_G + self.guard.generator_penalty(inputs, t_out)  # guard
@@ -110,8 +116,8 @@ class Synthesizer:
 
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
-        """A fresh batch of generator images, detached."""
-        self.generator.eval()
+        """A fresh batch of generator images, detached; G in train mode, as DFAD and DFQ sample it."""
+        self.generator.train()
         return self.generator(torch.randn(self.batch_size, self.nz))
 
     def remove_hooks(self) -> None:
@@ -129,7 +135,7 @@ def train(
     log_every: int = 50,
 ) -> None:
     """``steps`` iterations of: one generator step, then ``kd_steps`` student steps."""
-    criterion = KLDiv()
+    criterion = KLDiv(reduction="none")  # guard
     teacher.eval()
     for it in range(steps):
         losses = synthesizer.synthesize()
@@ -138,15 +144,16 @@ def train(
             images = synthesizer.sample()
             with torch.no_grad():
                 t_out = teacher(images)
-            s_out = student(images)
-            loss_s = criterion(s_out, t_out)
-            weights = synthesizer.guard.sample_weights(synthesizer.guard.score(images, t_out), t_out)  # guard
-            loss_s = synthesizer.guard.student_loss(s_out, t_out, weights)  # guard
+            batch = synthesizer.guard.student_batch(images, t_out)  # guard
+            s_out = student(batch.images)  # guard
+            loss_s = batch.student_loss(s_out, criterion(s_out, batch.teacher_logits))  # guard
             optimizer.zero_grad()
             loss_s.backward()
             optimizer.step()
         if (it + 1) % log_every == 0 or it + 1 == steps:
-            print(f"iter {it + 1}/{steps}  loss_G {losses['total']:.3f}  loss_S {loss_s.item():.4f}", flush=True)
+            print(
+                f"iter {it + 1}/{steps}  loss_G {losses['total']:.3f}  loss_S {loss_s.item():.4f}", flush=True
+            )
 
 
 @torch.no_grad()
@@ -166,11 +173,19 @@ def _widths(text: str) -> tuple[int, ...]:
 def main(argv: Sequence[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="DFKD iterations (default: 20; try 2000)")
-    parser.add_argument("--kd-steps", type=int, default=2, help="student steps per generator step (default: 2)")
+    parser.add_argument(
+        "--kd-steps", type=int, default=2, help="student steps per generator step (default: 2)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="synthetic batch size (default: 64)")
-    parser.add_argument("--teacher", default=None, metavar="PATH", help="teacher state dict (default: train one)")
-    parser.add_argument("--teacher-widths", type=_widths, default=(8, 16, 32), help="teacher CNN widths (default: 8,16,32)")
-    parser.add_argument("--student-widths", type=_widths, default=(4, 8, 16), help="student CNN widths (default: 4,8,16)")
+    parser.add_argument(
+        "--teacher", default=None, metavar="PATH", help="teacher state dict (default: train one)"
+    )
+    parser.add_argument(
+        "--teacher-widths", type=_widths, default=(8, 16, 32), help="teacher CNN widths (default: 8,16,32)"
+    )
+    parser.add_argument(
+        "--student-widths", type=_widths, default=(4, 8, 16), help="student CNN widths (default: 4,8,16)"
+    )
     parser.add_argument("--nz", type=int, default=100, help="latent size of the generator (default: 100)")
     parser.add_argument("--ngf", type=int, default=32, help="generator width (default: 32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -190,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> float:
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    print(f"teacher accuracy on MNIST test: {accuracy(teacher, data.id_test.images, data.id_test.labels):.4f}")
+    print(
+        f"teacher accuracy on MNIST test: {accuracy(teacher, data.id_test.images, data.id_test.labels):.4f}"
+    )
 
     student = make_student(widths=args.student_widths)
     generator = Generator(latent_dim=args.nz, base_channels=args.ngf)

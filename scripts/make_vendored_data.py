@@ -1,7 +1,9 @@
 """Rebuild the vendored benchmark data in ``dfkd_guard/bench/_data/``.
 
-Reads the full datasets of the shared data folder (MNIST and Fashion-MNIST as
-gzipped IDX files, ``natural_images.npz``) and writes, deterministically for a
+Reads the full datasets from a source folder (``mnist/`` and
+``fashion-mnist/`` with the four gzipped IDX files each, and
+``natural_images.npz``; the files and their SHA-256 are listed in
+``dfkd_guard/bench/_data/PROVENANCE.md``) and writes, deterministically for a
 given seed:
 
 * ``mnist_subset.npz``: class-balanced MNIST subset, keys ``x_train``
@@ -14,7 +16,7 @@ given seed:
 
 Usage::
 
-    PYTHONPATH=. python scripts/make_vendored_data.py --source /work/shared/data --seed 0
+    PYTHONPATH=. python scripts/make_vendored_data.py --source <data folder> --seed 0
 """
 
 from __future__ import annotations
@@ -68,7 +70,12 @@ def square_thumbnails(npz_path: Path, side: int) -> tuple[np.ndarray, list[str]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument(
+        "--source",
+        type=Path,
+        required=True,
+        help="folder with mnist/ and fashion-mnist/ (gzipped IDX files) and natural_images.npz",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

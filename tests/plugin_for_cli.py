@@ -2,14 +2,15 @@
 
 import torch
 
-from dfkd_guard import Component, hookimpl
+from dfkd_guard import hookimpl, scorer
+
+
+@scorer("always_ood")
+def always_ood(images):
+    """every sample is OOD-like"""
+    return torch.ones(images.shape[0])
 
 
 @hookimpl
 def dfkd_guard_components():
-    return [Component("scorer", "always_ood", "every sample is OOD-like")]
-
-
-@hookimpl
-def dfkd_guard_score(scorer, images):
-    return torch.ones(images.shape[0])
+    return [always_ood]

@@ -24,8 +24,21 @@ def table(report: str) -> tuple[list[str], dict[tuple[str, str], list[str]]]:
 def test_bench_adapters_reports_every_adapter_and_guard(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "docs" / "adapter_cost.md"
     args = build_parser().parse_args(
-        ["bench-adapters", "--iterations", "1", "--repeats", "1", "--warmup", "0", "--batch", "4", "--threads", "1",
-         "--out", str(out)]
+        [
+            "bench-adapters",
+            "--iterations",
+            "1",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--batch",
+            "4",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
     )
     assert args.func(args) == 0
     captured = capsys.readouterr()

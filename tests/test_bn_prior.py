@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from dfkd_guard import Guard, GuardConfig
-from dfkd_guard.adapters.bn_statistics import measure_bn_targets
-from dfkd_guard.bn_prior import BNPrior, BNPriorConfig, layer_moments
+from dfkd_guard.bench.oracle import measure_bn_moments
+from dfkd_guard.bn_prior import BNPrior, BNPriorConfig
+from dfkd_guard.bn_statistics import layer_moments
 
 CHANNELS = 4
 MU_ID = torch.tensor([1.0, -1.0, 0.5, 2.0])
@@ -53,10 +54,9 @@ def test_layer_moments_are_per_sample_channel_means_and_second_moments() -> None
     torch.testing.assert_close(second, (x**2).mean(dim=(2, 3)))
 
 
-@pytest.mark.parametrize("estimate", ["id_group", "fitted", "fixed"])
-def test_an_ntl_mixture_is_removed(estimate: str) -> None:
+def test_an_ntl_mixture_is_removed() -> None:
     layer = mixed_layer(0.4)
-    config = BNPriorConfig(skip_batches=0, warmup_batches=40, momentum=0.5, estimate=estimate, fixed_weight=0.4)
+    config = BNPriorConfig(skip_batches=0, warmup_batches=40, momentum=0.5)
     prior = BNPrior(config, [layer])
     assert prior.target(0, layer)[0] is layer.running_mean  # uncorrected while warming up
     warm_up(prior)
@@ -116,18 +116,20 @@ def test_observe_rejects_the_wrong_number_of_layers() -> None:
         prior.observe([torch.randn(4, CHANNELS, 2, 2)] * 2, torch.tensor([True, False, True, False]))
 
 
-def test_fixed_targets_measure_the_moments_of_real_images() -> None:
+def test_the_oracle_measures_the_moments_of_real_images() -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 2, 3), nn.BatchNorm2d(2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 2, 3), nn.BatchNorm2d(2)
+    )
     net.train()
     images = torch.rand(30, 3, 8, 8)
-    targets = measure_bn_targets(net, images, batch_size=7)
+    moments = measure_bn_moments(net, images, batch_size=7)
     assert net.training  # mode restored
     first = net[0](images)
-    torch.testing.assert_close(targets.target(0, net[1])[0], first.mean(dim=(0, 2, 3)))
-    torch.testing.assert_close(targets.target(0, net[1])[1], first.var(dim=(0, 2, 3), unbiased=False))
+    torch.testing.assert_close(moments[0][0], first.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(moments[0][1], first.var(dim=(0, 2, 3), unbiased=False))
     second = net[3](net[2](net[1].eval()(first)))
-    torch.testing.assert_close(targets.target(1, net[4])[1], second.var(dim=(0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(moments[1][1], second.var(dim=(0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-5)
 
 
 class TwoLayer(nn.Module):
@@ -153,19 +155,41 @@ def test_the_guard_calibrates_forgetting_by_the_verdict(a: float, verdict: str, 
     generator = torch.Generator().manual_seed(0)
     ood = torch.arange(32) % 2 == 0
     scores = ood.float() + 0.01 * torch.rand(32, generator=generator)  # OOD-like samples score high
-    logits = torch.randn(32, 10, generator=generator)
-    split = guard.split(scores, logits)
-    assert split.forgotten_fraction == 0.5  # the configured split does split
-    with caplog.at_level(logging.INFO, logger="dfkd_guard"):
+    with Guard(config.model_copy(update={"bn_prior": BNPriorConfig(demix=False)}), teacher) as no_prior:
+        x = batch(ood, generator)
+        assert (
+            no_prior.weigh(x, teacher(x), scores).forgotten_fraction == 0.5
+        )  # the configured split does split
+    with caplog.at_level(logging.INFO, logger="dfkd_guard"), torch.no_grad():
         for i in range(10):
-            assert guard.sample_weights(scores, logits).forgotten_fraction == (0.0 if i else 0.5)
-            guard.observe_bn([batch(ood & two_domains, generator)], scores)
+            x = batch(ood & two_domains, generator)  # the teacher's BN layer sees x itself
+            forgotten = guard.student_batch(x, teacher(x), scores).forgotten_fraction
+            # nothing before the verdict; the 10th batch completes the warm-up and is weighed after it
+            assert forgotten == (0.5 if i == 9 and two_domains else 0.0)
     assert guard.bn_prior is not None and guard.bn_prior.verdict == verdict
-    assert guard.sample_weights(scores, logits).forgotten_fraction == (0.5 if verdict == "ntl-like" else 0.0)
+    with torch.no_grad():
+        x = batch(ood, generator)
+        after = guard.student_batch(x, teacher(x), scores)
+    assert after.forgotten_fraction == (0.5 if verdict == "ntl-like" else 0.0)
     assert {"ntl-like": "NTL-like teacher", "ordinary": "ordinary teacher"}[verdict] in caplog.text
     assert f"bn_prior={verdict}" in repr(guard)
     # after the warm-up, scores only matter while an NTL-like teacher's batches are split
     assert guard.scores_needed == (verdict == "ntl-like")
+
+
+def test_the_guard_reuses_the_loops_teacher_forward_and_runs_its_own_otherwise() -> None:
+    teacher = TwoLayer(0.4).eval()
+    calls = []
+    teacher.bn.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    config = GuardConfig(scorer="msp", bn_prior={"skip_batches": 0, "warmup_batches": 5})
+    guard = Guard(config, teacher, load_entrypoints=False)
+    x = batch(torch.arange(8) % 2 == 0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = teacher(x)
+        guard.student_batch(x, logits)  # msp reads the logits: no forward of the guard's own
+        assert len(calls) == 1 and guard.bn_prior is not None and guard.bn_prior.observed == 1
+        guard.student_batch(x.clone(), logits)  # another tensor: the guard runs the teacher itself
+        assert len(calls) == 2 and guard.bn_prior.observed == 2
 
 
 def test_no_scores_are_needed_after_the_warm_up_when_the_weighting_ignores_them() -> None:
@@ -175,10 +199,24 @@ def test_no_scores_are_needed_after_the_warm_up_when_the_weighting_ignores_them(
     generator = torch.Generator().manual_seed(0)
     ood = torch.arange(32) % 2 == 0
     scores = ood.float()
-    for _ in range(3):
-        assert guard.scores_needed
-        guard.observe_bn([batch(ood, generator)], scores)
-    assert guard.bn_prior is not None and guard.bn_prior.correcting and not guard.scores_needed
+    with torch.no_grad():
+        for _ in range(3):
+            assert guard.scores_needed
+            x = batch(ood, generator)
+            guard.observe(x, teacher(x), scores)
+        assert guard.bn_prior is not None and guard.bn_prior.correcting and not guard.scores_needed
+        x = batch(ood, generator)
+        assert torch.isnan(guard.student_batch(x, teacher(x)).scores).all()  # nothing scored
+
+
+def test_the_teacher_must_be_in_eval_mode() -> None:
+    teacher = TwoLayer(0.4).train()
+    guard = Guard(GuardConfig(scorer="msp"), teacher, load_entrypoints=False)
+    x = batch(torch.arange(8) % 2 == 0, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="train mode"):
+        guard.student_batch(x, teacher(x))
+    with pytest.raises(ValueError, match="train mode"):
+        guard.bn_loss()
 
 
 def test_demix_off_or_guard_off_has_no_prior() -> None:

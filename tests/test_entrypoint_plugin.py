@@ -38,8 +38,10 @@ def installed_version() -> str:
     except importlib.metadata.PackageNotFoundError:
         pytest.fail(INSTALL_HINT, pytrace=False)
     if not any(ep.group == "dfkd_guard" and ep.name == ENTRY_POINT for ep in dist.entry_points):
-        pytest.fail(f"{DISTRIBUTION} is installed without its dfkd_guard entry point {ENTRY_POINT!r}; {INSTALL_HINT}",
-                    pytrace=False)
+        pytest.fail(
+            f"{DISTRIBUTION} is installed without its dfkd_guard entry point {ENTRY_POINT!r}; {INSTALL_HINT}",
+            pytrace=False,
+        )
     return dist.version
 
 
@@ -86,13 +88,17 @@ def test_disabling_autoload_hides_the_plugin(
     assert main(["plugins"]) == 0
     assert " max_logit " not in capsys.readouterr().out
     # An explicit request still loads it.
-    assert "max_logit" in {rc.component.name for rc in PluginRegistry(load_entrypoints=True).components("scorer")}
+    assert "max_logit" in {
+        rc.component.name for rc in PluginRegistry(load_entrypoints=True).components("scorer")
+    }
 
 
 def test_plugins_command_shows_it_with_its_distribution(capsys: pytest.CaptureFixture[str]) -> None:
     version = installed_version()
     assert main(["plugins"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.split()[:2] == ["scorer", "max_logit"]]
+    lines = [
+        line for line in capsys.readouterr().out.splitlines() if line.split()[:2] == ["scorer", "max_logit"]
+    ]
     assert len(lines) == 1, INSTALL_HINT
     assert lines[0].split()[2:5] == [DISTRIBUTION, version, ENTRY_POINT]
 

@@ -6,52 +6,57 @@ import pytest
 import torch
 from torch import nn
 
-from dfkd_guard import Component, Guard, GuardConfig, PluginError, SampleWeights, hookimpl
+from dfkd_guard import (
+    Component,
+    Guard,
+    GuardConfig,
+    PluginError,
+    SampleWeights,
+    hookimpl,
+    penalty,
+    scorer,
+    weighting,
+)
 
 SCORERS = ["atesc", "msp", "energy", "entropy", "odin", "bn_deviation"]
 
 
 @pytest.mark.parametrize("scorer", SCORERS)
-def test_scoring_restores_mode_grad_flags_and_hook_outputs(teacher, images, scorer) -> None:
+def test_scoring_restores_mode_grad_flags_and_the_recorded_bn_inputs(teacher, images, scorer) -> None:
     teacher.train()
     teacher.body[0].weight.requires_grad_(False)  # a mixed grad state must survive
     flags = [p.requires_grad for p in teacher.parameters()]
     running = [b.clone() for b in teacher.buffers()]
-    recorded: dict[str, torch.Tensor] = {}
-
-    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        recorded["mean"] = inputs[0].mean(dim=(0, 2, 3))  # what a DeepInversion BN hook keeps
-
-    handle = teacher.body[1].register_forward_hook(record)
-    adapter_batch = torch.rand(5, 3, 8, 8)
-    teacher(adapter_batch)
-    before = recorded["mean"].clone()
+    guard = Guard(GuardConfig(scorer=scorer), teacher, load_entrypoints=False)
+    loop_batch = torch.rand(5, 3, 8, 8)
+    teacher(loop_batch)  # the loop's forward: its BN inputs are what bn_loss() matches
+    before = [x.clone() for x in guard.bn_inputs()]
     running = [b.clone() for b in teacher.buffers()]
 
-    Guard(GuardConfig(scorer=scorer), teacher, load_entrypoints=False).score(images)
+    guard.score(images)
 
-    assert torch.equal(recorded["mean"], before)
+    assert all(torch.equal(a, b) for a, b in zip(guard.bn_inputs(), before))  # scoring recorded nothing
     assert all(m.training for m in teacher.modules())
     assert [p.requires_grad for p in teacher.parameters()] == flags
     assert all(torch.equal(a, b) for a, b in zip(running, teacher.buffers()))
     assert all(p.grad is None for p in teacher.parameters())
-    assert list(teacher.body[1]._forward_hooks.values()) == [record]
-    handle.remove()
+    guard.close()
 
 
 def test_teacher_state_is_restored_when_a_scorer_raises(teacher, images) -> None:
     class Broken:
         @hookimpl
         def dfkd_guard_components(self):
-            return [Component("scorer", "broken", "raises")]
+            return [Component("scorer", "broken", self.score, summary="raises")]
 
-        @hookimpl
-        def dfkd_guard_score(self, scorer):
+        def score(self):
             raise RuntimeError("boom")
 
     teacher.train()
     guard = Guard(GuardConfig(scorer="broken"), teacher, plugins=[Broken()], load_entrypoints=False)
-    with pytest.raises(PluginError, match=r"plugin '[\w.<>]*Broken@\w+', hook dfkd_guard_score: scorer 'broken' raised .*boom"):
+    with pytest.raises(
+        PluginError, match=r"plugin '[\w.<>]*Broken@\w+', hook scorer 'broken': raised .*boom"
+    ):
         guard.score(images)
     assert all(m.training for m in teacher.modules())
     assert all(p.requires_grad for p in teacher.parameters())
@@ -68,11 +73,11 @@ def scorer_returning(value):
     class Plugin:
         @hookimpl
         def dfkd_guard_components(self):
-            return [Component("scorer", "custom", "test scorer")]
+            return [custom]
 
-        @hookimpl
-        def dfkd_guard_score(self, scorer, images):
-            return value(images)
+    @scorer("custom", summary="test scorer")
+    def custom(images):
+        return value(images)
 
     return Plugin()
 
@@ -82,45 +87,59 @@ def scorer_returning(value):
     [
         (lambda x: torch.zeros(len(x), 1), r"returned shape \(12, 1\), wanted \(12,\)"),
         (lambda x: torch.full((len(x),), float("nan")), "NaN or Inf"),
-        (lambda x: [0.0] * len(x), "returned list, wanted a tensor"),
-        (lambda x: None, "returned None"),
+        (lambda x: [0.0] * len(x), "returned list, wanted a float tensor"),
     ],
 )
 def test_bad_scorer_results_name_the_plugin_and_hook(teacher, images, value, message) -> None:
-    guard = Guard(GuardConfig(scorer="custom"), teacher, plugins=[scorer_returning(value)], load_entrypoints=False)
+    guard = Guard(
+        GuardConfig(scorer="custom"), teacher, plugins=[scorer_returning(value)], load_entrypoints=False
+    )
     with pytest.raises(PluginError, match=message) as info:
         guard.score(images)
-    assert info.value.hook == "dfkd_guard_score"
+    assert info.value.hook == "scorer 'custom'"
     assert "Plugin@" in info.value.plugin
 
 
+def test_a_none_result_names_the_plugin_and_component(teacher, images) -> None:
+    guard = Guard(
+        GuardConfig(scorer="custom"),
+        teacher,
+        plugins=[scorer_returning(lambda x: None)],
+        load_entrypoints=False,
+    )
+    with pytest.raises(PluginError, match=r"Plugin@\w+', hook scorer 'custom': returned None"):
+        guard.score(images)
+
+
 def test_bad_weights_name_the_plugin(teacher) -> None:
+    @weighting("bad")
+    def bad(scores):
+        """weights out of range"""
+        return SampleWeights(scores * 0 + 2.0, torch.zeros_like(scores, dtype=torch.bool))
+
     class BadWeights:
         @hookimpl
         def dfkd_guard_components(self):
-            return [Component("weighting", "bad", "weights out of range")]
+            return [bad]
 
-        @hookimpl
-        def dfkd_guard_sample_weights(self, scores):
-            return SampleWeights(scores * 0 + 2.0, torch.zeros_like(scores, dtype=torch.bool))
-
-    guard = Guard(GuardConfig(weighting="bad"), teacher, plugins=[BadWeights()], load_entrypoints=False)
-    with pytest.raises(PluginError, match=r"dfkd_guard_sample_weights: kd weights must lie in \[0, 1\]"):
-        guard.sample_weights(torch.zeros(3), torch.zeros(3, 4))
+    config = GuardConfig(weighting="bad", bn_prior={"demix": False})
+    guard = Guard(config, teacher, plugins=[BadWeights()], load_entrypoints=False)
+    with pytest.raises(PluginError, match=r"weighting 'bad': kd weights must lie in \[0, 1\]"):
+        guard.weigh(torch.zeros(3, 3, 8, 8), torch.zeros(3, 4), torch.zeros(3))
 
 
 def test_bad_penalty_names_the_plugin(teacher, images) -> None:
+    @penalty("vector", summary="not a scalar")
+    def vector(logits):
+        return logits.sum(1)
+
     class BadPenalty:
         @hookimpl
         def dfkd_guard_components(self):
-            return [Component("penalty", "vector", "not a scalar")]
-
-        @hookimpl
-        def dfkd_guard_generator_penalty(self, logits):
-            return logits.sum(1)
+            return [vector]
 
     guard = Guard({"penalties": ["vector"]}, teacher, plugins=[BadPenalty()], load_entrypoints=False)
-    with pytest.raises(PluginError, match=r"dfkd_guard_generator_penalty: returned \(12,\), wanted a scalar"):
+    with pytest.raises(PluginError, match=r"penalty 'vector': returned \(12,\), wanted a scalar"):
         guard.generator_penalty(images.requires_grad_(True))
 
 
@@ -128,24 +147,74 @@ def test_duplicate_component_names_are_an_error_naming_both_plugins(teacher) -> 
     class Another:
         @hookimpl
         def dfkd_guard_components(self):
-            return [Component("scorer", "msp", "clash")]
+            return [Component("scorer", "msp", lambda logits: logits[:, 0], summary="clash")]
 
-        @hookimpl
-        def dfkd_guard_score(self, logits):
-            return logits[:, 0]
-
-    with pytest.raises(PluginError, match=r"scorer 'msp' is already declared by plugin 'dfkd_guard.scorers.logit_scores'"):
+    with pytest.raises(
+        PluginError, match=r"scorer 'msp' is already declared by plugin 'dfkd_guard.scorers.logit_scores'"
+    ):
         Guard(None, teacher, plugins=[Another()], load_entrypoints=False)
 
 
-def test_a_component_without_its_method_hook_is_refused(teacher) -> None:
-    class DeclaresOnly:
+def test_a_component_function_taking_an_unknown_argument_is_refused(teacher) -> None:
+    @penalty("ghost", summary="asks for what the guard does not pass")
+    def ghost(logits, scores):
+        return logits.mean()
+
+    class Typo:
         @hookimpl
         def dfkd_guard_components(self):
-            return [Component("penalty", "ghost", "never implemented")]
+            return [ghost]
 
-    with pytest.raises(PluginError, match="declares penalty 'ghost' but does not implement dfkd_guard_generator_penalty"):
-        Guard(None, teacher, plugins=[DeclaresOnly()], load_entrypoints=False)
+    with pytest.raises(
+        PluginError, match=r"Typo@\w+', hook penalty 'ghost': its function takes 'scores'"
+    ) as info:
+        Guard(None, teacher, plugins=[Typo()], load_entrypoints=False)
+    assert "images, logits, teacher, normalization, params" in str(info.value)
+
+
+def test_a_component_is_called_with_the_arguments_it_takes(teacher, images) -> None:
+    seen = {}
+
+    class CallableScorer:
+        def __call__(self, params, **rest):  # an instance with __call__; **rest receives the others
+            seen.update(rest, params=params)
+            return rest["logits"][:, 0]
+
+    class Plugin:
+        @hookimpl
+        def dfkd_guard_components(self):
+            return [Component("scorer", "instance", CallableScorer(), summary="a callable instance")]
+
+    Guard(GuardConfig(scorer="instance"), teacher, plugins=[Plugin()], load_entrypoints=False).score(images)
+    assert sorted(seen) == ["images", "logits", "normalization", "params", "teacher"]
+
+
+def test_component_declaration_errors() -> None:
+    with pytest.raises(ValueError, match="needs a summary"):
+        Component("scorer", "anonymous", lambda logits: logits[:, 0])
+    with pytest.raises(TypeError, match="must be callable"):
+        Component("scorer", "old_style", "a summary string in the function's place")
+
+    @scorer("documented")
+    def documented(logits):
+        """First line.
+
+        More text.
+        """
+        return logits[:, 0]
+
+    assert (documented.kind, documented.name, documented.summary) == ("scorer", "documented", "First line.")
+    assert documented(logits=torch.ones(2, 3)).tolist() == [1.0, 1.0]  # the component calls its function
+
+
+def test_old_style_method_hooks_are_refused_with_a_hint(teacher) -> None:
+    class OldStyle:
+        @hookimpl
+        def dfkd_guard_score(self, scorer, logits):
+            return None
+
+    with pytest.raises(PluginError, match=r"unknown hook 'dfkd_guard_score'.*one function"):
+        Guard(None, teacher, plugins=[OldStyle()], load_entrypoints=False)
 
 
 def test_a_hook_outside_the_contract_is_refused(teacher) -> None:
@@ -191,9 +260,14 @@ def test_penalty_grad_reaches_the_generator_not_the_teacher(teacher, penalty) ->
 def test_penalties_are_weighted_and_summed(teacher, images) -> None:
     logits = torch.randn(12, 4)
     both = Guard(
-        {"penalties": [{"name": "confidence", "weight": 2.0}, {"name": "confidence", "weight": 0.5,
-                                                              "params": {"score": "msp"}}]},
-        teacher, load_entrypoints=False,
+        {
+            "penalties": [
+                {"name": "confidence", "weight": 2.0},
+                {"name": "confidence", "weight": 0.5, "params": {"score": "msp"}},
+            ]
+        },
+        teacher,
+        load_entrypoints=False,
     )
     expected = 2.0 * torch.logsumexp(logits, 1).mean() + 0.5 * torch.softmax(logits, 1).max(1).values.mean()
     torch.testing.assert_close(both.generator_penalty(images, logits), expected)
@@ -203,8 +277,11 @@ def test_penalties_are_weighted_and_summed(teacher, images) -> None:
 
 def test_input_gradient_penalty_matches_its_formula(teacher) -> None:
     x = torch.rand(4, 3, 8, 8, requires_grad=True)
-    guard = Guard({"penalties": ["input_gradient"], "normalization": {"mean": [0.5], "std": [0.25]}}, teacher,
-                  load_entrypoints=False)
+    guard = Guard(
+        {"penalties": ["input_gradient"], "normalization": {"mean": [0.5], "std": [0.25]}},
+        teacher,
+        load_entrypoints=False,
+    )
     value = guard.generator_penalty(x)
     teacher.eval()
     logits = teacher(x)
@@ -230,9 +307,10 @@ def test_observer_plugins_see_scores_weights_and_steps(teacher, images) -> None:
         def dfkd_guard_step_finished(self, step, metrics):
             seen.append(("step", (step, metrics["loss"])))
 
+    teacher.eval()
     guard = Guard(GuardConfig(scorer="energy"), teacher, plugins=[Observer()], load_entrypoints=False)
     logits = teacher(images).detach()
-    guard.sample_weights(guard.score(images, logits), logits)
+    guard.student_batch(images, logits)
     guard.step_finished(3, {"loss": 1.5})
     assert [kind for kind, _ in seen] == ["scored", "weighted", "step"]
     assert seen[2] == ("step", (3, 1.5))
@@ -251,10 +329,23 @@ def test_observer_errors_name_the_plugin(teacher, images) -> None:
 
 def test_input_validation_messages(teacher) -> None:
     guard = Guard(None, teacher, load_entrypoints=False)
-    with pytest.raises(ValueError, match=r"images must be a float tensor \(B, C, H, W\), got torch.float32 tensor of shape \(3, 8, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"images must be a float tensor \(B, C, H, W\), got torch.float32 tensor of shape \(3, 8, 8\)",
+    ):
         guard.score(torch.rand(3, 8, 8))
-    with pytest.raises(ValueError, match=r"logits must be a float tensor \(2, K\), got \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"logits must be a float tensor \(2, K\), .* got \(3, 4\)"):
         guard.score(torch.rand(2, 3, 8, 8), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"images is an empty batch"):
+        guard.student_batch(torch.rand(0, 3, 8, 8), torch.zeros(0, 4))
+    with pytest.raises(ValueError, match=r"images contain NaN or Inf"):
+        guard.score(torch.full((2, 3, 8, 8), float("nan")))
+    with pytest.raises(
+        ValueError, match=r"scores must be a float tensor \(2,\), one per image, got torch.int64"
+    ):
+        Guard({"bn_prior": {"demix": False}, "weighting": "split"}, teacher, load_entrypoints=False).weigh(
+            torch.rand(2, 3, 8, 8), torch.zeros(2, 4), torch.zeros(2, dtype=torch.int64)
+        )
     with pytest.raises(TypeError, match="teacher must be a torch.nn.Module"):
         Guard(None, "teacher.pt")  # type: ignore[arg-type]
 
@@ -263,4 +354,3 @@ def test_repr_lists_components_and_parameters(teacher) -> None:
     config = {"scorer": {"name": "atesc", "params": {"steps": 5}}, "weighting": "split"}
     text = repr(Guard(config, teacher, load_entrypoints=False))
     assert "scorer=atesc(" in text and "steps=5" in text and "weighting=split(rule='two_means'" in text
-

@@ -23,7 +23,19 @@ def table_rows(report: str, teacher: str) -> dict[str, list[str]]:
 def test_bench_scorers_reports_every_scorer(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "docs" / "scorer_cost.md"
     args = build_parser().parse_args(
-        ["bench-scorers", "--batch", "8", "--repeats", "1", "--teachers", "small", "--threads", "1", "--out", str(out)]
+        [
+            "bench-scorers",
+            "--batch",
+            "8",
+            "--repeats",
+            "1",
+            "--teachers",
+            "small",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
     )
     assert args.func(args) == 0
     captured = capsys.readouterr()
@@ -47,7 +59,14 @@ def test_bench_scorers_reports_every_scorer(tmp_path, capsys: pytest.CaptureFixt
         else:
             assert rows[label][per_fwd_bwd] == "-"
         assert all(math.isfinite(r) and r > 0 for r in ratios), (label, ratios)
-    assert {label for label, _, _ in SCORERS} >= {"msp", "energy", "entropy", "odin", "bn_deviation", "atesc k=5"}
+    assert {label for label, _, _ in SCORERS} >= {
+        "msp",
+        "energy",
+        "entropy",
+        "odin",
+        "bn_deviation",
+        "atesc k=5",
+    }
 
 
 @pytest.mark.parametrize("option", [["--teachers", "small,vgg"], ["--batch", "0"], ["--repeats", "x"]])

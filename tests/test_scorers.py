@@ -74,8 +74,12 @@ def test_atesc_budget_is_in_pixel_units(linear_setup) -> None:
     std = 0.5
     norm = Normalization(mean=(0.0,), std=(std,))
     guard_px = Guard(
-        GuardConfig(scorer={"name": "atesc", "params": {"eps": 0.05, "steps": 1, "measure": "margin"}}, normalization=norm),
-        model, load_entrypoints=False,
+        GuardConfig(
+            scorer={"name": "atesc", "params": {"eps": 0.05, "steps": 1, "measure": "margin"}},
+            normalization=norm,
+        ),
+        model,
+        load_entrypoints=False,
     )
     l1 = (model.linear.weight[1] - model.linear.weight[0]).abs().sum()
     # In input units the radius is eps / std.
@@ -91,7 +95,9 @@ def test_atesc_clip_keeps_perturbed_pixels_in_range() -> None:
     model = Linear2(torch.ones(2, 12) * torch.tensor([[-1.0], [1.0]]), torch.tensor([30.0, 0.0]))
     images = torch.ones(4, 3, 2, 2)  # at the top of the pixel range
     targets = model(images).argmax(1)
-    delta = pgd_perturbation(model, images, targets, AtescParams(eps=0.1, steps=2, clip_to_pixel_range=True), N())
+    delta = pgd_perturbation(
+        model, images, targets, AtescParams(eps=0.1, steps=2, clip_to_pixel_range=True), N()
+    )
     assert (images + delta).max() <= 1.0
     unclipped = pgd_perturbation(model, images, targets, AtescParams(eps=0.1, steps=2), N())
     assert (images + unclipped).max() > 1.0

@@ -10,31 +10,64 @@ from dfkd_guard.weightings import SplitParams, ood_mask, otsu_cut, two_means_cut
 
 
 def weights_for(teacher, weighting: dict, scores: torch.Tensor, scorer: object = "msp") -> SampleWeights:
-    guard = Guard(GuardConfig(scorer=scorer, weighting=weighting), teacher, load_entrypoints=False)
-    return guard.sample_weights(scores, torch.zeros(len(scores), 4))
+    """The weighting's decision on stored scores (no BN prior: nothing calibrates it)."""
+    config = GuardConfig(scorer=scorer, weighting=weighting, bn_prior={"demix": False})
+    with Guard(config, teacher, load_entrypoints=False) as guard:
+        return guard.weigh(torch.zeros(len(scores), 3, 8, 8), torch.zeros(len(scores), 4), scores).weights
 
 
 def test_flip_rule_forgets_samples_whose_prediction_survives(teacher) -> None:
     margins = torch.tensor([-2.0, 0.5, -0.1, 3.0])
-    w = weights_for(teacher, {"name": "split", "params": {"rule": "flip"}}, margins,
-                    scorer={"name": "atesc", "params": {"measure": "margin"}})
+    w = weights_for(
+        teacher,
+        {"name": "split", "params": {"rule": "flip"}},
+        margins,
+        scorer={"name": "atesc", "params": {"measure": "margin"}},
+    )
     assert w.forget.tolist() == [False, True, False, True]
     assert w.kd.tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
 def test_flip_rule_refuses_unsigned_builtin_scores(teacher) -> None:
     with pytest.raises(ConfigError, match="weighting.params.rule"):
-        Guard(GuardConfig(scorer="atesc", weighting={"name": "split", "params": {"rule": "flip"}}), teacher,
-              load_entrypoints=False)
+        Guard(
+            GuardConfig(scorer="atesc", weighting={"name": "split", "params": {"rule": "flip"}}),
+            teacher,
+            load_entrypoints=False,
+        )
 
 
 def test_threshold_and_quantile_rules() -> None:
     scores = torch.tensor([0.1, 0.9, 0.4, 0.6, 0.2])
-    assert ood_mask(scores, SplitParams(rule="threshold", threshold=0.5)).tolist() == [False, True, False, True, False]
-    assert ood_mask(scores, SplitParams(rule="quantile", quantile=0.5)).tolist() == [False, True, False, True, False]
+    assert ood_mask(scores, SplitParams(rule="threshold", threshold=0.5)).tolist() == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert ood_mask(scores, SplitParams(rule="quantile", quantile=0.5)).tolist() == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
     # The 0.7 quantile of the five scores is 0.56 (linear interpolation): two lie above it.
-    assert ood_mask(scores, SplitParams(rule="quantile", quantile=0.7)).tolist() == [False, True, False, True, False]
-    assert ood_mask(scores, SplitParams(rule="quantile", quantile=0.3)).tolist() == [False, True, True, True, False]
+    assert ood_mask(scores, SplitParams(rule="quantile", quantile=0.7)).tolist() == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert ood_mask(scores, SplitParams(rule="quantile", quantile=0.3)).tolist() == [
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_threshold_rule_needs_a_threshold(teacher) -> None:
@@ -80,5 +113,5 @@ def test_none_weighting_and_disabled_guard_keep_all(teacher) -> None:
     scores = torch.tensor([0.0, 9.0])
     assert weights_for(teacher, "none", scores).kd.tolist() == [1.0, 1.0]
     guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
-    w = guard.sample_weights(scores, torch.zeros(2, 4))
+    w = guard.student_batch(torch.zeros(2, 3, 8, 8), torch.zeros(2, 4), scores).weights
     assert w.kd.tolist() == [1.0, 1.0] and not w.forget.any()

@@ -1,7 +1,9 @@
 """``dfkd-guard bench-adapters``: what the guard adds to a DFKD iteration of each adapter.
 
 For every adapter (``vanilla``, ``deepinversion``, ``cmi``) the command trains
-three copies side by side, built from the same initial weights, and times
+three copies side by side, built from the same initial weights (each on its
+own copy of the teacher, since a guard hooks its teacher's BatchNorm layers),
+and times
 :func:`dfkd_guard.adapters.training.train` (its ``seconds_per_iteration``):
 
 * ``off``: ``GuardConfig(enabled=False)``, the unguarded method;
@@ -100,12 +102,12 @@ def _plural(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else many or one + 's'}"
 
 
-#: Vanilla: DFQ's 1 generator step and the prototype's 2 student steps per
-#: iteration (DESIGN 7). Pooled methods: one synthesis round per iteration
-#: (DeepInversion's 2000 pixel steps and CMI's 200 generator steps cut to
-#: 20, batch 256 cut to 32), then 20 student steps replaying the pool, as
-#: their ``datafree`` training loops do (CMI: 400 student steps per
-#: 200-step round).
+#: Vanilla: DFQ's 1 generator step and 2 student steps per iteration (the
+#: bench's vanilla budget up to session 3, ``docs/benchmark.md``). Pooled
+#: methods: one synthesis round per iteration (DeepInversion's 2000 pixel
+#: steps and CMI's 200 generator steps cut to 20, batch 256 cut to 32), then
+#: 20 student steps replaying the pool, as their ``datafree`` training loops
+#: do (CMI: 400 student steps per 200-step round).
 SETUPS: dict[str, Setup] = {
     "vanilla": Setup(
         batch_size=64, kd_steps=2, synthesis_steps=1, generator_width=32, scored_batches=2, iterations=2
@@ -113,14 +115,26 @@ SETUPS: dict[str, Setup] = {
     "deepinversion": Setup(
         batch_size=32, kd_steps=20, synthesis_steps=20, generator_width=None, scored_batches=1, iterations=1
     ),
-    "cmi": Setup(batch_size=32, kd_steps=20, synthesis_steps=20, generator_width=16, scored_batches=1, iterations=1),
+    "cmi": Setup(
+        batch_size=32, kd_steps=20, synthesis_steps=20, generator_width=16, scored_batches=1, iterations=1
+    ),
 }
 LATENT_DIM = 100
 POOL_SIZE = 1024
 
 _COMMAND = "bench-adapters"
 #: Options of the reproducing command line, in order (those left to a None default are omitted).
-_OPTIONS = ("--iterations", "--repeats", "--stat", "--warmup", "--batch", "--threads", "--adapters", "--seed", "--out")
+_OPTIONS = (
+    "--iterations",
+    "--repeats",
+    "--stat",
+    "--warmup",
+    "--batch",
+    "--threads",
+    "--adapters",
+    "--seed",
+    "--out",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -138,7 +152,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + ", ".join(f"{s.iterations} for {n}" for n, s in SETUPS.items())
         + ")",
     )
-    parser.add_argument("--repeats", type=reporting.positive_int(1), default=3, help="timed rounds (default: 3)")
+    parser.add_argument(
+        "--repeats", type=reporting.positive_int(1), default=3, help="timed rounds (default: 3)"
+    )
     reporting.add_timing_options(parser)
     parser.add_argument(
         "--batch",
@@ -216,6 +232,8 @@ def _teacher(seed: int) -> nn.Module:
 
 
 def _synthesizer(name: str, teacher: nn.Module, config: dict[str, Any], batch: int, seed: int) -> Synthesizer:
+    import copy
+
     import torch
 
     from dfkd_guard.bench.models import Generator, make_student
@@ -223,6 +241,7 @@ def _synthesizer(name: str, teacher: nn.Module, config: dict[str, Any], batch: i
     from dfkd_guard.guard import Guard
 
     setup = SETUPS[name]
+    teacher = copy.deepcopy(teacher)  # the guard's BN hooks go on this setting's teacher only
     guard = Guard(GuardConfig(**config), teacher, load_entrypoints=False)
     torch.manual_seed(seed)  # every guard setting starts from the same student and generator
     student = make_student(num_classes=10)
@@ -230,7 +249,9 @@ def _synthesizer(name: str, teacher: nn.Module, config: dict[str, Any], batch: i
         from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
 
         generator = Generator(LATENT_DIM, setup.generator_width or 32)
-        return VanillaSynthesizer(teacher, student, generator, LATENT_DIM, guard, VanillaConfig(batch_size=batch))
+        return VanillaSynthesizer(
+            teacher, student, generator, LATENT_DIM, guard, VanillaConfig(batch_size=batch)
+        )
     if name == "deepinversion":
         from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
 
@@ -241,7 +262,9 @@ def _synthesizer(name: str, teacher: nn.Module, config: dict[str, Any], batch: i
     from dfkd_guard.adapters.cmi import CMIConfig, CMISynthesizer
 
     generator = Generator(LATENT_DIM, setup.generator_width or 16)
-    cmi = CMIConfig(batch_size=batch, student_batch_size=batch, iterations=setup.synthesis_steps, pool_size=POOL_SIZE)
+    cmi = CMIConfig(
+        batch_size=batch, student_batch_size=batch, iterations=setup.synthesis_steps, pool_size=POOL_SIZE
+    )
     return CMISynthesizer(teacher, student, generator, LATENT_DIM, guard, cmi)
 
 
@@ -268,11 +291,14 @@ def _bench_adapter(name: str, args: argparse.Namespace) -> list[Row]:
     scorers: dict[str, Callable[[], object]] = {}
     for label, config in GUARDS[1:]:
         guard = Guard(GuardConfig(**config), teacher, load_entrypoints=False)
+        guard.close()  # scoring records no BN inputs
         scorers[label] = reporting.score_task(guard, images, logits)
 
     def iterate(label: str, count: int) -> float:
         synthesizer, optimizer = runs[label]
-        return train(synthesizer, optimizer, count, kd_steps=setup.kd_steps, progress=False).seconds_per_iteration
+        return train(
+            synthesizer, optimizer, count, kd_steps=setup.kd_steps, progress=False
+        ).seconds_per_iteration
 
     reporting.progress(
         _COMMAND,
@@ -300,13 +326,15 @@ def _bench_adapter(name: str, args: argparse.Namespace) -> list[Row]:
         reporting.progress(_COMMAND, f"{name}: round {round_ + 1}/{args.repeats}: {latest}")
     for synthesizer, _ in runs.values():
         synthesizer.close()
+        synthesizer.guard.close()
 
     stat = reporting.statistic(args.stat)
     median = {label: stat(values) for label, values in seconds.items()}
     score = {label: stat(values) for label, values in score_seconds.items()}
     pgd = setup.scored_batches * (score["atesc k=3"] - score["energy"])
     return [
-        Row(name, label, median[label], median["off"], pgd if label.startswith("atesc") else None) for label in labels
+        Row(name, label, median[label], median["off"], pgd if label.startswith("atesc") else None)
+        for label in labels
     ]
 
 

@@ -1,4 +1,4 @@
-"""``dfkd-guard bench``: the benchmark table (DESIGN section 6), resumable, with a Markdown report.
+"""``dfkd-guard bench``: the benchmark table (``docs/benchmark.md``), resumable, with a Markdown report.
 
 Rows: setting x adapter x {SL teacher, NTL teacher, NTL + guard, SL + guard};
 columns: IAcc, OAcc, OAgr, ASR minus the clean target rate, and the trap
@@ -45,31 +45,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", type=Path, metavar="FILE", help="BenchConfig as .toml or .json (default: the defaults)")
-    source.add_argument("--tiny", action="store_true", help="the seconds-long test preset (tiny models, 2 iterations)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: the config's output_dir)")
-    parser.add_argument("--seeds", type=seed_list, help="comma-separated DFKD seeds, e.g. 0,1,2")
-    parser.add_argument("--iterations", type=reporting.positive_int(1), help="DFKD iterations per run, for every adapter")
+    source.add_argument(
+        "--config", type=Path, metavar="FILE", help="BenchConfig as .toml or .json (default: the defaults)"
+    )
+    source.add_argument(
+        "--tiny", action="store_true", help="the seconds-long test preset (tiny models, 2 iterations)"
+    )
     parser.add_argument(
-        "--settings", type=reporting.name_list(SETTINGS), help=f"comma-separated subset of {', '.join(SETTINGS)}"
+        "--out", type=Path, metavar="DIR", help="output folder (default: the config's output_dir)"
+    )
+    parser.add_argument("--seeds", type=seed_list, help="comma-separated DFKD seeds, e.g. 0,1,2")
+    parser.add_argument(
+        "--iterations", type=reporting.positive_int(1), help="DFKD iterations per run, for every adapter"
+    )
+    parser.add_argument(
+        "--settings",
+        type=reporting.name_list(SETTINGS),
+        help=f"comma-separated subset of {', '.join(SETTINGS)}",
     )
     parser.add_argument(
         "--adapters",
         type=reporting.name_list(ADAPTERS),
         help=f"comma-separated subset of {', '.join(ADAPTERS)}, run in every selected setting",
     )
-    parser.add_argument("--threads", type=reporting.positive_int(1), help="torch.set_num_threads value of this process (teacher evaluation, OOD probes); teacher training and runs always use one thread")
     parser.add_argument(
-        "--workers", type=reporting.positive_int(1), help="runs trained at once, one process and one thread each (default 1)"
+        "--threads",
+        type=reporting.positive_int(1),
+        help="torch.set_num_threads value of this process (teacher evaluation, OOD probes); teacher training and runs always use one thread",
     )
-    parser.add_argument("--train-progress", action="store_true", help="also show each run's training progress lines")
-    parser.add_argument("--report-only", action="store_true", help="train nothing: rewrite the report from stored runs")
+    parser.add_argument(
+        "--workers",
+        type=reporting.positive_int(1),
+        help="runs trained at once, one process and one thread each (default 1)",
+    )
+    parser.add_argument(
+        "--train-progress", action="store_true", help="also show each run's training progress lines"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing: rewrite the report from stored runs"
+    )
     parser.set_defaults(func=run)
 
 
 def _command(args: argparse.Namespace) -> str:
     parts = [_PROG]
-    for option in ("--config", "--out", "--seeds", "--iterations", "--settings", "--adapters", "--threads", "--workers"):
+    for option in (
+        "--config",
+        "--out",
+        "--seeds",
+        "--iterations",
+        "--settings",
+        "--adapters",
+        "--threads",
+        "--workers",
+    ):
         value = getattr(args, option[2:].replace("-", "_"))
         if value is not None:
             parts += [option, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
@@ -97,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         updates["seeds"] = list(args.seeds)
     if args.iterations is not None:
         updates["budgets"] = {
-            name: {**budget.model_dump(), "iterations": args.iterations} for name, budget in config.budgets.items()
+            name: {**budget.model_dump(), "iterations": args.iterations}
+            for name, budget in config.budgets.items()
         }
     settings = reporting.parse_names(args.settings, SETTINGS) if args.settings else list(config.settings)
     if args.settings:
@@ -110,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
     require_matplotlib()  # fail before hours of training, not after
     if not args.report_only:
         summary = run_bench(config, train_progress=args.train_progress, workers=args.workers or 1)
-        reporting.progress("bench", f"{len(summary.ran)} runs trained, {len(summary.skipped)} already finished")
+        reporting.progress(
+            "bench", f"{len(summary.ran)} runs trained, {len(summary.skipped)} already finished"
+        )
     path = write_report(config, command=_command(args), started=started, load=reporting.load_span(load))
     reporting.progress("bench", f"wrote {path}")
     print(path)

@@ -1,4 +1,4 @@
-"""Validated configuration of ``dfkd-guard bench`` (DESIGN section 6).
+"""Validated configuration of ``dfkd-guard bench`` (the benchmark of ``docs/benchmark.md``).
 
 A :class:`BenchConfig` fixes every run of the benchmark table: which settings,
 which adapters in each setting, which teacher rows, which seeds, the DFKD
@@ -34,8 +34,8 @@ reaches the accuracy targets is still to be measured (see each field).
 
 from __future__ import annotations
 
-from pathlib import Path
 import re
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -72,6 +72,7 @@ def row_label(row: str) -> str:
         return f"{_ROW_LABELS[match.group(1) + '_guard']} [{match.group(2)}]"
     return _ROW_LABELS[row]
 
+
 #: The built-in scorers whose AUROC the report tabulates by default.
 BUILTIN_SCORERS: tuple[str, ...] = ("atesc", "msp", "energy", "entropy", "odin", "bn_deviation")
 
@@ -84,19 +85,25 @@ _DEFAULT_ADAPTERS: dict[str, tuple[str, ...]] = {
 
 
 def _default_vanilla() -> VanillaConfig:
-    # DFQ terms with the BN weight the prototype needed to learn at all (DESIGN 7); generator lr 3e-3, not the
-    # prototype's 1e-2: the SL-teacher student gains 1-4 points (docs/benchmarks/tuning/README.md).
-    return VanillaConfig(**{**PRESETS["dfq"], "bn": 10.0}, batch_size=64, generator_lr=3e-3, replay=64, pool_size=4096)
+    # DFQ terms with BN weight 10: at the benchmark's size DFKD only learns with it (docs/adapters.md); generator lr
+    # 3e-3, not the first recipe's 1e-2: the SL-teacher student gains 1-4 points (docs/benchmarks/tuning/README.md).
+    return VanillaConfig(
+        **{**PRESETS["dfq"], "bn": 10.0}, batch_size=64, generator_lr=3e-3, replay=64, pool_size=4096
+    )
 
 
 def _default_deepinversion() -> DeepInversionConfig:
     # digits are not mirror-symmetric: no flip; 1-pixel jitter at 16x16; 200 pixel steps a batch (20 did not learn)
-    return DeepInversionConfig(batch_size=64, student_batch_size=128, iterations=200, pool_size=4096, flip=False, jitter=1)
+    return DeepInversionConfig(
+        batch_size=64, student_batch_size=128, iterations=200, pool_size=4096, flip=False, jitter=1
+    )
 
 
 def _default_cmi() -> CMIConfig:
-    # BN weight 10, as vanilla (DESIGN 7; docs/benchmark.md)
-    return CMIConfig(batch_size=64, student_batch_size=128, iterations=40, bn=10.0, pool_size=4096, flip=False)
+    # BN weight 10, as vanilla: at CMI's BN weight 1 the SL-teacher student reached 0.32 (docs/benchmark.md)
+    return CMIConfig(
+        batch_size=64, student_batch_size=128, iterations=40, bn=10.0, pool_size=4096, flip=False
+    )
 
 
 class Budget(BaseModel):
@@ -104,9 +111,13 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    iterations: int = Field(ge=1, description="DFKD iterations: one synthesis round and kd_steps student steps each")
+    iterations: int = Field(
+        ge=1, description="DFKD iterations: one synthesis round and kd_steps student steps each"
+    )
     kd_steps: int = Field(ge=1, description="student steps per iteration")
-    eval_every: int = Field(ge=1, description="iterations between evaluations (one more at the end); IAcc = mean of the last 3")
+    eval_every: int = Field(
+        ge=1, description="iterations between evaluations (one more at the end); IAcc = mean of the last 3"
+    )
 
 
 _DEFAULT_BUDGETS: dict[str, Budget] = {
@@ -121,45 +132,135 @@ class BenchConfig(FileConfig):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    settings: tuple[SettingName, ...] = Field(default=SETTINGS, min_length=1, description="settings (table row groups), in report order")
-    adapters: dict[SettingName, tuple[AdapterName, ...]] = Field(default_factory=lambda: dict(_DEFAULT_ADAPTERS), description="adapters run in each setting; every selected setting needs a non-empty entry")
-    rows: tuple[str, ...] = Field(default=("sl", "ntl", "ntl_guard", "sl_guard", "ntl_oracle"), min_length=1, description="teacher rows: sl, ntl (ntl_backdoor in 'backdoor'), each with the guard, ntl_oracle (BN targets from real ID data, not data-free), and ntl_guard@<variant> / sl_guard@<variant> with a guard of guard_variants")
-    oracle_adapters: tuple[AdapterName, ...] = Field(default=("vanilla",), description="adapters that run the ntl_oracle row (the reference of the guard targets, which concern vanilla)")
-    oracle_settings: tuple[SettingName, ...] = Field(default=("mnist_m", "rotated_mnist"), description="settings that run the ntl_oracle row (the close-set ones, where the guard targets are relative to the oracle)")
-    guard_variants: dict[str, GuardConfig] = Field(default_factory=dict, validate_default=True, description="named guard configs for rows ntl_guard@<name> and sl_guard@<name> (the ablation)")
-    seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1, description="DFKD seeds per row (student, generator, synthesis); >= 3 for the published table")
-    budgets: dict[AdapterName, Budget] = Field(default_factory=lambda: dict(_DEFAULT_BUDGETS), description="per adapter: iterations, student steps per iteration, evaluation spacing (adapters not given keep their defaults)")
+    settings: tuple[SettingName, ...] = Field(
+        default=SETTINGS, min_length=1, description="settings (table row groups), in report order"
+    )
+    adapters: dict[SettingName, tuple[AdapterName, ...]] = Field(
+        default_factory=lambda: dict(_DEFAULT_ADAPTERS),
+        description="adapters run in each setting; every selected setting needs a non-empty entry",
+    )
+    rows: tuple[str, ...] = Field(
+        default=("sl", "ntl", "ntl_guard", "sl_guard", "ntl_oracle"),
+        min_length=1,
+        description="teacher rows: sl, ntl (ntl_backdoor in 'backdoor'), each with the guard, ntl_oracle (BN targets from real ID data, not data-free), and ntl_guard@<variant> / sl_guard@<variant> with a guard of guard_variants",
+    )
+    oracle_adapters: tuple[AdapterName, ...] = Field(
+        default=("vanilla",),
+        description="adapters that run the ntl_oracle row (the reference of the guard targets, which concern vanilla)",
+    )
+    oracle_settings: tuple[SettingName, ...] = Field(
+        default=("mnist_m", "rotated_mnist"),
+        description="settings that run the ntl_oracle row (the close-set ones, where the guard targets are relative to the oracle)",
+    )
+    guard_variants: dict[str, GuardConfig] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="named guard configs for rows ntl_guard@<name> and sl_guard@<name> (the ablation)",
+    )
+    seeds: tuple[int, ...] = Field(
+        default=(0, 1, 2),
+        min_length=1,
+        description="DFKD seeds per row (student, generator, synthesis); >= 3 for the published table",
+    )
+    budgets: dict[AdapterName, Budget] = Field(
+        default_factory=lambda: dict(_DEFAULT_BUDGETS),
+        description="per adapter: iterations, student steps per iteration, evaluation spacing (adapters not given keep their defaults)",
+    )
     student_lr: float = Field(default=3e-3, gt=0, description="Adam learning rate of the student")
-    student_schedule: Literal["constant", "cosine"] = Field(default="cosine", description="student learning rate over the run: constant, or cosine decay to 0")
-    vanilla: VanillaConfig = Field(default_factory=_default_vanilla, description="vanilla adapter: DFQ terms, bn 10 (DESIGN 7), generator lr 3e-3, 64 fresh + 64 replayed images per student step")
-    deepinversion: DeepInversionConfig = Field(default_factory=_default_deepinversion, description="DeepInversion, CPU scale: batch 64, 200 pixel steps per round, no flip")
-    cmi: CMIConfig = Field(default_factory=_default_cmi, description="CMI, CPU scale: batch 64, 40 generator steps per round, BN weight 10")
-    image_size: int = Field(default=16, ge=4, le=32, description="side of the benchmark images: 32, or 16 (32x32 averaged over 2x2 squares; about 5x faster DFKD)")
+    student_schedule: Literal["constant", "cosine"] = Field(
+        default="cosine", description="student learning rate over the run: constant, or cosine decay to 0"
+    )
+    vanilla: VanillaConfig = Field(
+        default_factory=_default_vanilla,
+        description="vanilla adapter: DFQ terms, bn 10 (docs/adapters.md), generator lr 3e-3, 64 fresh + 64 replayed images per student step",
+    )
+    deepinversion: DeepInversionConfig = Field(
+        default_factory=_default_deepinversion,
+        description="DeepInversion, CPU scale: batch 64, 200 pixel steps per round, no flip",
+    )
+    cmi: CMIConfig = Field(
+        default_factory=_default_cmi,
+        description="CMI, CPU scale: batch 64, 40 generator steps per round, BN weight 10",
+    )
+    image_size: int = Field(
+        default=16,
+        ge=4,
+        le=32,
+        description="side of the benchmark images: 32, or 16 (32x32 averaged over 2x2 squares; about 5x faster DFKD)",
+    )
     latent_dim: int = Field(default=64, ge=1, description="latent size of the vanilla and CMI generators")
     generator_width: int = Field(default=8, ge=1, description="base_channels of the generators")
-    teacher_widths: tuple[int, ...] = Field(default=(16, 32, 64), min_length=1, description="teacher CNN stage widths")
-    student_widths: tuple[int, ...] = Field(default=(16, 32, 64), min_length=1, description="student CNN stage widths (the teacher's: a narrower student stayed below 95% IAcc within budget)")
-    teacher_steps: int = Field(default=1000, ge=1, description="training steps of every teacher (1000 gave NTL 95.5% / 11.7%, DESIGN 7)")
-    teacher_batch_size: int = Field(default=64, ge=2, description="teacher training images per domain per step")
-    teacher_lr: float = Field(default=3e-3, gt=0, description="initial Adam learning rate of every teacher (cosine decay to 0)")
-    teacher_shift: int = Field(default=1, ge=0, description="random translation of teacher training batches, pixels per axis (with lr 3e-3: SL teacher 0.971 -> 0.982 MNIST test accuracy at 16x16, docs/benchmark.md)")
-    teacher_seed: int = Field(default=0, description="seed of teacher initialisation and data order (teachers are shared by all DFKD seeds)")
+    teacher_widths: tuple[int, ...] = Field(
+        default=(16, 32, 64), min_length=1, description="teacher CNN stage widths"
+    )
+    student_widths: tuple[int, ...] = Field(
+        default=(16, 32, 64),
+        min_length=1,
+        description="student CNN stage widths (the teacher's: a narrower student stayed below 95% IAcc within budget)",
+    )
+    teacher_steps: int = Field(
+        default=1000,
+        ge=1,
+        description="training steps of every teacher (1000: MNIST-M NTL teacher 0.978 ID / 0.102 OOD accuracy, docs/benchmarks/bench/report.md)",
+    )
+    teacher_batch_size: int = Field(
+        default=64, ge=2, description="teacher training images per domain per step"
+    )
+    teacher_lr: float = Field(
+        default=3e-3, gt=0, description="initial Adam learning rate of every teacher (cosine decay to 0)"
+    )
+    teacher_shift: int = Field(
+        default=1,
+        ge=0,
+        description="random translation of teacher training batches, pixels per axis (with lr 3e-3: SL teacher 0.971 -> 0.982 MNIST test accuracy at 16x16, docs/benchmark.md)",
+    )
+    teacher_seed: int = Field(
+        default=0,
+        description="seed of teacher initialisation and data order (teachers are shared by all DFKD seeds)",
+    )
     data_seed: int = Field(default=0, description="seed of the OOD domains (MNIST-M crops, rotations)")
     target_class: int = Field(default=0, ge=0, le=9, description="backdoor target class")
-    guard: GuardConfig = Field(default_factory=GuardConfig, description="the guard of the '+ guard' rows (must be enabled)")
-    auroc_scorers: tuple[str, ...] = Field(default=BUILTIN_SCORERS, min_length=1, description="scorers whose real ID-vs-OOD AUROC is reported per teacher")
-    auroc_images: int = Field(default=300, ge=2, description="real ID and real OOD test images scored per teacher for the AUROC table")
-    probe_images: int = Field(default=2000, ge=2, description="real ID and OOD train images the linear OOD probe is fitted on, per teacher")
-    test_images: int | None = Field(default=None, ge=1, description="cap on the ID and OOD test images of each evaluation; None = all")
-    output_dir: Path = Field(default=Path("runs/bench"), description="where runs/, plots/ and report.md go (the CLI's --out overrides)")
-    report_name: str = Field(default="report", pattern=r"^[A-Za-z0-9_-]+$", description="the report is <output_dir>/<report_name>.md with plots in <output_dir>/<report_name>-plots/ ('report': plots/); several configs can share one output_dir and its stored runs")
-    teacher_cache_dir: Path | None = Field(default=None, description="trained teacher cache; None = <output_dir>/teachers")
+    guard: GuardConfig = Field(
+        default_factory=GuardConfig, description="the guard of the '+ guard' rows (must be enabled)"
+    )
+    auroc_scorers: tuple[str, ...] = Field(
+        default=BUILTIN_SCORERS,
+        min_length=1,
+        description="scorers whose real ID-vs-OOD AUROC is reported per teacher",
+    )
+    auroc_images: int = Field(
+        default=300,
+        ge=2,
+        description="real ID and real OOD test images scored per teacher for the AUROC table",
+    )
+    probe_images: int = Field(
+        default=2000,
+        ge=2,
+        description="real ID and OOD train images the linear OOD probe is fitted on, per teacher",
+    )
+    test_images: int | None = Field(
+        default=None, ge=1, description="cap on the ID and OOD test images of each evaluation; None = all"
+    )
+    output_dir: Path = Field(
+        default=Path("runs/bench"),
+        description="where runs/, plots/ and report.md go (the CLI's --out overrides)",
+    )
+    report_name: str = Field(
+        default="report",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="the report is <output_dir>/<report_name>.md with plots in <output_dir>/<report_name>-plots/ ('report': plots/); several configs can share one output_dir and its stored runs",
+    )
+    teacher_cache_dir: Path | None = Field(
+        default=None, description="trained teacher cache; None = <output_dir>/teachers"
+    )
 
     @field_validator("image_size")
     @classmethod
     def _divides_32(cls, value: int) -> int:
         if 32 % value or value % 4:
-            raise ValueError(f"must divide 32 and be a multiple of 4 (the generator upsamples twice), got {value}")
+            raise ValueError(
+                f"must divide 32 and be a multiple of 4 (the generator upsamples twice), got {value}"
+            )
         return value
 
     @field_validator("rows")
@@ -176,7 +277,9 @@ class BenchConfig(FileConfig):
         for row in info.data.get("rows", ()):
             match = _VARIANT_ROW.match(row)
             if match and match.group(2) not in value:
-                raise ValueError(f"row {row!r} names variant {match.group(2)!r}, which guard_variants does not define")
+                raise ValueError(
+                    f"row {row!r} names variant {match.group(2)!r}, which guard_variants does not define"
+                )
         for name, guard in value.items():
             if not guard.enabled:
                 raise ValueError(f"variant {name!r}: enabled is false")
@@ -191,7 +294,9 @@ class BenchConfig(FileConfig):
 
     @field_validator("adapters")
     @classmethod
-    def _adapters_cover_settings(cls, value: dict[str, tuple[str, ...]], info: ValidationInfo) -> dict[str, tuple[str, ...]]:
+    def _adapters_cover_settings(
+        cls, value: dict[str, tuple[str, ...]], info: ValidationInfo
+    ) -> dict[str, tuple[str, ...]]:
         for setting in info.data.get("settings", ()):
             if not value.get(setting):
                 raise ValueError(f"setting {setting!r} is selected but has no adapters")
@@ -229,7 +334,9 @@ class BenchConfig(FileConfig):
             "budgets": {name: Budget(iterations=2, kd_steps=1, eval_every=1) for name in ADAPTERS},
             "vanilla": _default_vanilla().model_copy(update={"batch_size": 16}),
             "deepinversion": DeepInversionConfig(batch_size=16, student_batch_size=16, iterations=2),
-            "cmi": CMIConfig(batch_size=16, student_batch_size=16, iterations=2, bank_size=64, n_neg=32, head_dim=16),
+            "cmi": CMIConfig(
+                batch_size=16, student_batch_size=16, iterations=2, bank_size=64, n_neg=32, head_dim=16
+            ),
             "latent_dim": 16,
             "generator_width": 8,
             "teacher_widths": (8, 16),
@@ -252,4 +359,8 @@ class BenchConfig(FileConfig):
 
     def teacher_cache(self, out: Path | None = None) -> Path:
         """Folder of the trained-teacher cache: ``teacher_cache_dir``, else ``<out or output_dir>/teachers``."""
-        return self.teacher_cache_dir if self.teacher_cache_dir is not None else Path(out or self.output_dir) / "teachers"
+        return (
+            self.teacher_cache_dir
+            if self.teacher_cache_dir is not None
+            else Path(out or self.output_dir) / "teachers"
+        )

@@ -101,8 +101,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(
-            f"{path}: not an IDX file (magic {raw[:4].hex() or 'empty'}, "
-            "expected 0000<type><ndim>)"
+            f"{path}: not an IDX file (magic {raw[:4].hex() or 'empty'}, expected 0000<type><ndim>)"
         )
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_DTYPES:
@@ -115,9 +114,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = math.prod(dims) * dtype.itemsize
     payload = len(raw) - header_len
     if payload != expected:
-        raise ValueError(
-            f"{path}: IDX payload is {payload} bytes, header {dims} of {dtype} needs {expected}"
-        )
+        raise ValueError(f"{path}: IDX payload is {payload} bytes, header {dims} of {dtype} needs {expected}")
     data = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(dims)
     return data.astype(dtype.newbyteorder("="))
 
@@ -136,9 +133,7 @@ def _load_vendored(name: str, split: Split) -> tuple[np.ndarray, np.ndarray]:
 
 def _find_idx(root: Path, subdir: str, stem: str) -> Path:
     candidates = [
-        folder / f"{stem}{suffix}"
-        for folder in (root, root / subdir / "raw")
-        for suffix in ("", ".gz")
+        folder / f"{stem}{suffix}" for folder in (root, root / subdir / "raw") for suffix in ("", ".gz")
     ]
     for candidate in candidates:
         if candidate.is_file():
@@ -188,7 +183,9 @@ def load_digits(split: Split, root: str | Path | None = None) -> tuple[Tensor, T
         ``int64`` ``(N,)`` in ``0..9``.
     """
     _check_split(split)
-    arrays = _load_vendored(_DIGITS_FILE, split) if root is None else _load_idx_split(Path(root), "MNIST", split)
+    arrays = (
+        _load_vendored(_DIGITS_FILE, split) if root is None else _load_idx_split(Path(root), "MNIST", split)
+    )
     return _to_tensors(*arrays)
 
 
@@ -199,7 +196,11 @@ def load_fashion(split: Split, root: str | Path | None = None) -> tuple[Tensor, 
     balanced); a folder is searched directly and in ``<root>/FashionMNIST/raw/``.
     """
     _check_split(split)
-    arrays = _load_vendored(_FASHION_FILE, split) if root is None else _load_idx_split(Path(root), "FashionMNIST", split)
+    arrays = (
+        _load_vendored(_FASHION_FILE, split)
+        if root is None
+        else _load_idx_split(Path(root), "FashionMNIST", split)
+    )
     return _to_tensors(*arrays)
 
 
@@ -328,7 +329,9 @@ def make_rotated_mnist(images: Tensor, seed: int, angle: float = 30.0) -> Tensor
     zeros = torch.zeros_like(theta)
     affine = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
     grid = F.affine_grid(affine, list(padded.shape), align_corners=False)
-    return F.grid_sample(padded, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0.0, 1.0)
+    return F.grid_sample(padded, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(
+        0.0, 1.0
+    )
 
 
 TriggerPosition = Literal["bottom_right", "bottom_left", "top_right", "top_left"]
@@ -388,7 +391,9 @@ class Domain:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.shape[2] != self.images.shape[3]:
-            raise ValueError(f"Domain {self.name}: images must be (N, 3, S, S), got {tuple(self.images.shape)}")
+            raise ValueError(
+                f"Domain {self.name}: images must be (N, 3, S, S), got {tuple(self.images.shape)}"
+            )
         if self.labels.shape != (len(self.images),):
             raise ValueError(
                 f"Domain {self.name}: labels must be ({len(self.images)},), got {tuple(self.labels.shape)}"
@@ -477,10 +482,14 @@ def build_setting(
     if name == "mnist_m":
         photos = load_photos()
         for split, (x, y) in grey.items():
-            ood[split] = Domain(f"mnist_m/{split}", make_mnist_m(x, photos, _subseed(seed, f"mnist_m/{split}")), y)
+            ood[split] = Domain(
+                f"mnist_m/{split}", make_mnist_m(x, photos, _subseed(seed, f"mnist_m/{split}")), y
+            )
     elif name == "rotated_mnist":
         for split, (x, y) in grey.items():
-            ood[split] = Domain(f"rotated_mnist/{split}", make_rotated_mnist(x, _subseed(seed, f"rotated/{split}")), y)
+            ood[split] = Domain(
+                f"rotated_mnist/{split}", make_rotated_mnist(x, _subseed(seed, f"rotated/{split}")), y
+            )
     elif name == "backdoor":
         if not 0 <= target_class <= 9:
             raise ValueError(f"target_class must be a digit 0..9, got {target_class}")

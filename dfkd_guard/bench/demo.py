@@ -31,13 +31,30 @@ def _default_cache() -> Path:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="show the OOD trap of an NTL teacher and the guard on real digits")
-    parser.add_argument("--iterations", type=reporting.positive_int(1), help="DFKD iterations per run (default: the bench's)")
-    parser.add_argument("--teacher-steps", type=reporting.positive_int(1), help="training steps of each teacher (default: the bench's)")
+    parser = subparsers.add_parser(
+        "demo", help="show the OOD trap of an NTL teacher and the guard on real digits"
+    )
+    parser.add_argument(
+        "--iterations", type=reporting.positive_int(1), help="DFKD iterations per run (default: the bench's)"
+    )
+    parser.add_argument(
+        "--teacher-steps",
+        type=reporting.positive_int(1),
+        help="training steps of each teacher (default: the bench's)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="DFKD seed")
-    parser.add_argument("--workers", type=reporting.positive_int(1), default=min(3, os.cpu_count() or 1), help="runs trained at once (default: up to 3, one per core)")
-    parser.add_argument("--cache-dir", type=Path, default=_default_cache(), help="where trained teachers are cached")
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder of report.md and the stored runs")
+    parser.add_argument(
+        "--workers",
+        type=reporting.positive_int(1),
+        default=min(3, os.cpu_count() or 1),
+        help="runs trained at once (default: up to 3, one per core)",
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=_default_cache(), help="where trained teachers are cached"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="folder of report.md and the stored runs"
+    )
     parser.set_defaults(func=run)
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["predict", "accuracy", "agreement", "collapse_rate", "OodProbe"]
+__all__ = ["OodProbe", "accuracy", "agreement", "auroc", "collapse_rate", "predict"]
 
 
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
@@ -21,7 +21,10 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> to
     model.eval()
     with torch.no_grad():
         out = torch.cat(
-            [model(images[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(images), batch_size)]
+            [
+                model(images[i : i + batch_size].to(device)).argmax(dim=1).cpu()
+                for i in range(0, len(images), batch_size)
+            ]
         )
     model.train(was_training)
     return out
@@ -46,8 +49,8 @@ class OodProbe:
     """A linear probe on a teacher's penultimate features, fitted on real ID vs real OOD images.
 
     The share of synthetic samples the probe puts on the OOD side measures how
-    far a generator drifted into the OOD region (DESIGN 7: about 0.5 for an
-    NTL teacher, 0.01 for an ordinary one).
+    far a generator drifted into the OOD region (vanilla DFKD on MNIST-M in
+    ``docs/benchmark.md``: 0.45 from the NTL teacher, 0.01 from the SL one).
 
     :param features: maps images (N, 3, 32, 32) in [0, 1] to features (N, D)
         (e.g. ``teacher.features``).
@@ -57,7 +60,11 @@ class OodProbe:
     """
 
     def __init__(
-        self, features: nn.Module | object, id_images: torch.Tensor, ood_images: torch.Tensor, steps: int = 300
+        self,
+        features: nn.Module | object,
+        id_images: torch.Tensor,
+        ood_images: torch.Tensor,
+        steps: int = 300,
     ) -> None:
         self._features = features
         x = torch.cat([self._embed(id_images), self._embed(ood_images)])
@@ -78,9 +85,46 @@ class OodProbe:
 
     def _embed(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([self._features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])  # type: ignore[operator]
+            return torch.cat(
+                [self._features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+            )  # type: ignore[operator]
 
     def ood_share(self, images: torch.Tensor) -> float:
         """Share of ``images`` on the OOD side of the probe."""
         x = (self._embed(images) - self.mean) / self.std
         return float((x @ self.weight + self.bias > 0).float().mean())
+
+
+def auroc(negatives: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve of a score separating positives (higher) from negatives.
+
+    Equals the probability that a random positive scores above a random
+    negative, ties counting one half (the Mann-Whitney U statistic).
+
+    :param negatives: float (N,) scores of the negative class (e.g. real ID).
+    :param positives: float (M,) scores of the positive class (e.g. real OOD).
+    :returns: AUROC in [0, 1]; 0.5 is chance, below 0.5 the score points the wrong way.
+    """
+    if negatives.ndim != 1 or positives.ndim != 1 or not len(negatives) or not len(positives):
+        raise ValueError(
+            f"auroc needs two non-empty 1-D score tensors, got {tuple(negatives.shape)} and {tuple(positives.shape)}"
+        )
+    scores = torch.cat([negatives, positives]).double()
+    ranks = _average_ranks(scores)
+    n_neg, n_pos = len(negatives), len(positives)
+    u = ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_neg * n_pos))
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks, tied values sharing the mean of their ranks."""
+    order = values.argsort()
+    sorted_values = values[order]
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(1, len(values) + 1, dtype=values.dtype)
+    unique, inverse = torch.unique(sorted_values, return_inverse=True)
+    if len(unique) < len(values):
+        sums = torch.zeros(len(unique), dtype=values.dtype).index_add_(0, inverse, ranks[order])
+        counts = torch.bincount(inverse, minlength=len(unique)).to(values.dtype)
+        ranks[order] = (sums / counts)[inverse]
+    return ranks

@@ -47,7 +47,9 @@ class ConvNet(nn.Module):
         output logits ``(B, num_classes)``.
     """
 
-    def __init__(self, widths: Sequence[int] = TEACHER_WIDTHS, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(
+        self, widths: Sequence[int] = TEACHER_WIDTHS, num_classes: int = 10, in_channels: int = 3
+    ) -> None:
         super().__init__()
         if not widths or any(w < 1 for w in widths):
             raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
@@ -106,12 +108,16 @@ class Generator(nn.Module):
         from the final Sigmoid, the pixel scale of the benchmark images.
     """
 
-    def __init__(self, latent_dim: int = 100, base_channels: int = 64, out_channels: int = 3, img_size: int = 32) -> None:
+    def __init__(
+        self, latent_dim: int = 100, base_channels: int = 64, out_channels: int = 3, img_size: int = 32
+    ) -> None:
         super().__init__()
         if img_size % 4:
             raise ValueError(f"img_size must be divisible by 4, got {img_size}")
         if latent_dim < 1 or base_channels < 1:
-            raise ValueError(f"latent_dim and base_channels must be positive, got {latent_dim}, {base_channels}")
+            raise ValueError(
+                f"latent_dim and base_channels must be positive, got {latent_dim}, {base_channels}"
+            )
         self.latent_dim = latent_dim
         self._init_side = img_size // 4
         self._init_channels = 2 * base_channels

@@ -126,7 +126,9 @@ def format_stat(values: Sequence[float]) -> str:
 
 def main_table(rows: list[RowSummary]) -> str:
     """The students table in Markdown: one line per row summary, metrics as mean ± std over seeds."""
-    header = ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["BN prior", "s/it", "seeds"]
+    header = (
+        ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["BN prior", "s/it", "seeds"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * len(COLUMNS) + "---|---:|---:|"]
     for r in rows:
         cells = [r.setting, r.adapter, row_label(r.row)]
@@ -161,8 +163,10 @@ def _teacher_tables(config: BenchConfig, records: list[dict[str, Any]]) -> str:
     scorers = list(config.auroc_scorers)
     lines += [
         "",
-        "AUROC of each scorer separating real ID (negative) from real OOD (positive) test images "
-        f"({config.auroc_images} of each; higher score = more OOD-like, below 0.5 = the score points the other way):",
+        (
+            "AUROC of each scorer separating real ID (negative) from real OOD (positive) test images "
+            f"({config.auroc_images} of each; higher score = more OOD-like, below 0.5 = the score points the other way):"
+        ),
         "",
         "| setting | teacher | " + " | ".join(scorers) + " |",
         "|---|---|" + "---:|" * len(scorers),
@@ -231,7 +235,10 @@ def _scores_figure(setting: str, rows: list[RowSummary], teachers: list[dict[str
     figure = _figure(1, max(len(teachers), 1))
     for ax, record in zip(figure.axes, teachers):
         kind = record["kind"]
-        series = {"real ID": record["guard_scores"]["real_id"], "real OOD": record["guard_scores"]["real_ood"]}
+        series = {
+            "real ID": record["guard_scores"]["real_id"],
+            "real OOD": record["guard_scores"]["real_ood"],
+        }
         for guarded, name in ((False, "synthetic"), (True, "synthetic, guarded run")):
             values = [
                 v
@@ -247,7 +254,14 @@ def _scores_figure(setting: str, rows: list[RowSummary], teachers: list[dict[str
         bins = [low + (high - low) * i / 30 for i in range(31)] if high > low else 30
         for name, values in series.items():
             if values:
-                ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.5, label=f"{name} ({len(values)})")
+                ax.hist(
+                    values,
+                    bins=bins,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.5,
+                    label=f"{name} ({len(values)})",
+                )
         ax.set_title(f"{_TEACHER_LABELS[kind]} teacher")
         ax.set_xlabel(f"{record['guard_scores']['scorer']} score (higher = more OOD-like)")
         ax.set_ylabel("density")
@@ -256,7 +270,9 @@ def _scores_figure(setting: str, rows: list[RowSummary], teachers: list[dict[str
     return figure
 
 
-def write_plots(config: BenchConfig, rows: list[RowSummary], teachers: list[dict[str, Any]], folder: Path) -> list[Path]:
+def write_plots(
+    config: BenchConfig, rows: list[RowSummary], teachers: list[dict[str, Any]], folder: Path
+) -> list[Path]:
     """Draw the three plots of every setting into ``folder``; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -265,9 +281,13 @@ def write_plots(config: BenchConfig, rows: list[RowSummary], teachers: list[dict
         figures = {
             f"iacc-{setting}.png": _curves_figure(in_setting, setting, [("iacc", "IAcc (real MNIST test)")]),
             f"trap-{setting}.png": _curves_figure(
-                in_setting, setting, [("ood_share", "synthetic OOD share (probe)"), ("collapse", "class collapse")]
+                in_setting,
+                setting,
+                [("ood_share", "synthetic OOD share (probe)"), ("collapse", "class collapse")],
             ),
-            f"scores-{setting}.png": _scores_figure(setting, in_setting, [t for t in teachers if t["setting"] == setting]),
+            f"scores-{setting}.png": _scores_figure(
+                setting, in_setting, [t for t in teachers if t["setting"] == setting]
+            ),
         }
         for name, figure in figures.items():
             figure.savefig(folder / name, dpi=100)
@@ -322,7 +342,9 @@ def write_report(
     expected = sum(r.expected for r in rows)
     if plots:
         folder = "plots" if config.report_name == "report" else f"{config.report_name}-plots"
-        plot_lines = "\n".join(f"![{p.stem}]({folder}/{p.name})" for p in write_plots(config, rows, teachers, out / folder))
+        plot_lines = "\n".join(
+            f"![{p.stem}]({folder}/{p.name})" for p in write_plots(config, rows, teachers, out / folder)
+        )
     else:
         plot_lines = "Not drawn: matplotlib is not installed (`pip install 'dfkd-guard[bench]'`)."
     text = (
@@ -345,4 +367,3 @@ def write_report(
     path = out / f"{config.report_name}.md"
     path.write_text(text, encoding="utf-8")
     return path
-

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "MIN_TIMING_SECONDS",
     "MAX_INNER_CALLS",
+    "MIN_TIMING_SECONDS",
     "add_run_options",
     "add_timing_options",
     "busy_warning",
@@ -96,7 +96,9 @@ def parse_names(text: str, allowed: Sequence[str]) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in allowed]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(allowed)}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {', '.join(allowed)}, got {text!r}"
+        )
     return names
 
 
@@ -127,7 +129,9 @@ def add_timing_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_run_options(parser: argparse.ArgumentParser, subset: str, allowed: Sequence[str], seeded: str) -> None:
+def add_run_options(
+    parser: argparse.ArgumentParser, subset: str, allowed: Sequence[str], seeded: str
+) -> None:
     """Add ``--threads``, ``--<subset>`` (a :func:`name_list` of ``allowed``, default all), ``--seed`` and ``--out``.
 
     :param subset: what the command measures, in the plural (``"teachers"``); names the option.
@@ -146,7 +150,9 @@ def add_run_options(parser: argparse.ArgumentParser, subset: str, allowed: Seque
         help=f"comma-separated {subset} among {', '.join(allowed)} (default: all)",
     )
     parser.add_argument("--seed", type=int, default=0, help=f"seed of {seeded} (default: 0)")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the report to FILE")
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="FILE", help="also write the report to FILE"
+    )
 
 
 # -- starting a run ---------------------------------------------------------

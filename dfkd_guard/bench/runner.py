@@ -51,18 +51,17 @@ from typing import Any, TextIO
 import torch
 
 from dfkd_guard import Guard, GuardConfig
-from dfkd_guard.bn_prior import FixedBNTargets
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.hookspecs import hookimpl
-from dfkd_guard.metrics import auroc
 from dfkd_guard.plugins import PluginRegistry
 from dfkd_guard.serialization import write_json_atomic
 
 from . import reporting
 from .config import BenchConfig, row_label
 from .data import SETTINGS, Setting, build_setting
-from .metrics import OodProbe, collapse_rate, predict
+from .metrics import OodProbe, auroc, collapse_rate, predict
 from .models import ConvNet, Generator
+from .oracle import OracleGuard, measure_bn_moments
 from .teachers import TeacherConfig, evaluate_teacher, load_or_train_teacher
 from .threads import one_thread
 
@@ -70,23 +69,23 @@ __all__ = [
     "CODE_VERSION",
     "FINAL_WINDOW",
     "BenchSummary",
-    "RunSpec",
     "EvalLabels",
+    "RunSpec",
     "asr_minus_clean",
     "enumerate_runs",
     "final_metrics",
-    "preflight",
     "prediction_metrics",
+    "preflight",
+    "row_guard",
     "run_bench",
     "run_config",
     "run_id",
-    "row_guard",
     "run_path",
-    "training_groups",
     "teacher_config",
     "teacher_kind",
     "teacher_record_id",
     "teacher_record_path",
+    "training_groups",
 ]
 
 CODE_VERSION = "dfkd_guard.bench.runner/4"
@@ -214,18 +213,17 @@ def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
 
     A disabled guard acts only through its normalization, so the guard's
     other fields (and their defaults) stay out of an unguarded run's id.
-    Fields added after runs were stored stay out while they are off (no trap
-    memory, ``forget.memory = 0``, and its ``recall``; ``bn_prior.drop_trapped``
-    false): such a guard hashes as it did before they existed, which keeps
-    the runs stored then valid.
+    The trap memory's fields stay out while it is off (``forget.memory = 0``),
+    so such a guard hashes as it did before the memory existed. Version 0.2.0
+    removed ``bn_prior.estimate``, ``fixed_weight`` and ``drop_trapped`` from
+    the guard config, so guarded runs stored by earlier versions have other
+    ids and are trained again.
     """
     if not guarded:
         return {"enabled": False, "normalization": guard.normalization.model_dump(mode="json")}
     record = guard.model_dump(mode="json")
     if not guard.forget.memory:
         del record["forget"]["memory"], record["forget"]["recall"]
-    if not guard.bn_prior.drop_trapped:
-        del record["bn_prior"]["drop_trapped"]
     return record
 
 
@@ -235,7 +233,9 @@ def _digest(data: Any) -> str:
 
 def run_id(config: BenchConfig, spec: RunSpec) -> str:
     """``<setting>-<adapter>-<row>-seed<seed>-<first 12 hex digits of the run config's hash>``."""
-    return f"{spec.setting}-{spec.adapter}-{spec.row}-seed{spec.seed}-{_digest(run_config(config, spec))[:12]}"
+    return (
+        f"{spec.setting}-{spec.adapter}-{spec.row}-seed{spec.seed}-{_digest(run_config(config, spec))[:12]}"
+    )
 
 
 def run_path(config: BenchConfig, spec: RunSpec, out: Path | None = None) -> Path:
@@ -257,7 +257,11 @@ def teacher_record_id(config: BenchConfig, setting: str, kind: str) -> str:
 
 
 def teacher_record_path(config: BenchConfig, setting: str, kind: str, out: Path | None = None) -> Path:
-    return Path(out or config.output_dir) / "teacher_metrics" / f"{teacher_record_id(config, setting, kind)}.json"
+    return (
+        Path(out or config.output_dir)
+        / "teacher_metrics"
+        / f"{teacher_record_id(config, setting, kind)}.json"
+    )
 
 
 # -- metrics on predictions --------------------------------------------------------
@@ -290,7 +294,9 @@ def asr_minus_clean(triggered: torch.Tensor, clean: torch.Tensor, target_class: 
         ``triggered`` equal to ``target_class`` and ``clean_rate`` the share of ``clean``.
     """
     if triggered.shape != clean.shape or triggered.ndim != 1 or not len(triggered):
-        raise ValueError(f"need two non-empty (M,) prediction tensors, got {tuple(triggered.shape)} and {tuple(clean.shape)}")
+        raise ValueError(
+            f"need two non-empty (M,) prediction tensors, got {tuple(triggered.shape)} and {tuple(clean.shape)}"
+        )
     asr = float((triggered == target_class).float().mean())
     return asr, asr - float((clean == target_class).float().mean())
 
@@ -312,12 +318,18 @@ def prediction_metrics(
         metrics["oacc"] = float((pred_ood == labels.ood_labels).float().mean())
     if labels.target_class is not None:
         if pred_clean is None:
-            raise ValueError("the backdoor metrics need the predictions on the clean versions of the OOD images")
-        metrics["asr"], metrics["asr_minus_clean"] = asr_minus_clean(pred_ood, pred_clean, labels.target_class)
+            raise ValueError(
+                "the backdoor metrics need the predictions on the clean versions of the OOD images"
+            )
+        metrics["asr"], metrics["asr_minus_clean"] = asr_minus_clean(
+            pred_ood, pred_clean, labels.target_class
+        )
     return metrics
 
 
-def final_metrics(evaluations: list[dict[str, float | None]], window: int = FINAL_WINDOW) -> dict[str, float | None]:
+def final_metrics(
+    evaluations: list[dict[str, float | None]], window: int = FINAL_WINDOW
+) -> dict[str, float | None]:
     """Per metric, the mean of its last ``window`` finite values (None when it has none)."""
     names = sorted({name for evaluation in evaluations for name in evaluation})
     final: dict[str, float | None] = {}
@@ -363,7 +375,10 @@ def preflight(config: BenchConfig) -> None:
     :raises ConfigError: naming ``guard.<field>``, ``guard_variants.<name>.<field>`` or ``auroc_scorers[i]``.
     """
     components = PluginRegistry().component_map()
-    guards = {"guard": config.guard, **{f"guard_variants.{name}": g for name, g in config.guard_variants.items()}}
+    guards = {
+        "guard": config.guard,
+        **{f"guard_variants.{name}": g for name, g in config.guard_variants.items()},
+    }
     for where, guard in guards.items():
         try:
             guard.resolve(components)
@@ -372,7 +387,9 @@ def preflight(config: BenchConfig) -> None:
     for i, name in enumerate(config.auroc_scorers):
         if ("scorer", name) not in components:
             known = sorted(n for k, n in components if k == "scorer")
-            raise ConfigError(f"auroc_scorers[{i}]", f"unknown scorer {name!r}; registered: {', '.join(known)}")
+            raise ConfigError(
+                f"auroc_scorers[{i}]", f"unknown scorer {name!r}; registered: {', '.join(known)}"
+            )
 
 
 class _Context:
@@ -385,7 +402,7 @@ class _Context:
         self._settings: dict[str, Setting] = {}
         self._teachers: dict[str, ConvNet] = {}
         self._probes: dict[tuple[str, str], OodProbe] = {}
-        self._oracles: dict[tuple[str, str], FixedBNTargets] = {}
+        self._oracles: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._test: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, EvalLabels]] = {}
 
     def setting(self, name: str) -> Setting:
@@ -403,26 +420,28 @@ class _Context:
         key = teacher.model_dump_json()
         if key not in self._teachers:
             began = time.perf_counter()
-            model = load_or_train_teacher(teacher, self.config.teacher_cache(self.out), data=self.setting(setting))
+            model = load_or_train_teacher(
+                teacher, self.config.teacher_cache(self.out), data=self.setting(setting)
+            )
             self._teachers[key] = model.to(memory_format=MEMORY_FORMAT)
             self.say(f"teacher {kind} on {setting} ready ({time.perf_counter() - began:.1f} s)")
         return self._teachers[key]
 
-    def oracle_targets(self, setting: str, kind: str) -> FixedBNTargets:
-        """BN targets measured on real ID train images (the oracle row; not data-free)."""
-        from dfkd_guard.adapters.bn_statistics import measure_bn_targets
-
+    def oracle_targets(self, setting: str, kind: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """BN moments measured on real ID train images (the oracle row; not data-free)."""
         key = (setting, kind)
         if key not in self._oracles:
             images = self.setting(setting).id_train.images[: self.config.probe_images]
-            self._oracles[key] = measure_bn_targets(self.teacher(setting, kind), images)
+            self._oracles[key] = measure_bn_moments(self.teacher(setting, kind), images)
         return self._oracles[key]
 
     def probe(self, setting: str, kind: str) -> OodProbe:
         key = (setting, kind)
         if key not in self._probes:
             data, n = self.setting(setting), self.config.probe_images
-            self._probes[key] = OodProbe(self.teacher(setting, kind).features, data.id_train.images[:n], data.ood_train.images[:n])
+            self._probes[key] = OodProbe(
+                self.teacher(setting, kind).features, data.id_train.images[:n], data.ood_train.images[:n]
+            )
         return self._probes[key]
 
     def test_data(self, setting: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, EvalLabels]:
@@ -463,14 +482,14 @@ def _teacher_record(ctx: _Context, setting: str, kind: str) -> dict[str, Any]:
     }
     normalization = config.guard.normalization
     for name in config.auroc_scorers:
-        guard = Guard(GuardConfig(scorer=name, normalization=normalization), teacher)
-        record["auroc"][name] = auroc(_scores(guard, id_images), _scores(guard, ood_images))
-    histogram_guard = Guard(config.guard.model_copy(update={"enabled": True}), teacher)
-    record["guard_scores"] = {
-        "scorer": config.guard.scorer.name,
-        "real_id": _scores(histogram_guard, id_images).tolist(),
-        "real_ood": _scores(histogram_guard, ood_images).tolist(),
-    }
+        with Guard(GuardConfig(scorer=name, normalization=normalization), teacher) as guard:
+            record["auroc"][name] = auroc(_scores(guard, id_images), _scores(guard, ood_images))
+    with Guard(config.guard.model_copy(update={"enabled": True}), teacher) as histogram_guard:
+        record["guard_scores"] = {
+            "scorer": config.guard.scorer.name,
+            "real_id": _scores(histogram_guard, id_images).tolist(),
+            "real_ood": _scores(histogram_guard, ood_images).tolist(),
+        }
     return record
 
 
@@ -483,10 +502,14 @@ def _synthesizer(ctx: _Context, spec: RunSpec, teacher: ConvNet, student: ConvNe
     shape = (3, c.image_size, c.image_size)
 
     def generator() -> Generator:  # built here, after the student: the seeded draws stay in this order
-        return Generator(c.latent_dim, c.generator_width, img_size=c.image_size).to(memory_format=MEMORY_FORMAT)
+        return Generator(c.latent_dim, c.generator_width, img_size=c.image_size).to(
+            memory_format=MEMORY_FORMAT
+        )
 
     if spec.adapter == "vanilla":
-        return VanillaSynthesizer(teacher, student, generator(), c.latent_dim, guard, c.vanilla, image_shape=shape)
+        return VanillaSynthesizer(
+            teacher, student, generator(), c.latent_dim, guard, c.vanilla, image_shape=shape
+        )
     if spec.adapter == "deepinversion":
         return DeepInversionSynthesizer(teacher, student, guard, c.deepinversion, image_shape=shape)
     if spec.adapter == "cmi":
@@ -505,7 +528,11 @@ def training_groups(config: BenchConfig) -> list[list[RunSpec]]:
     groups: dict[tuple[Any, ...], list[RunSpec]] = {}
     for spec in enumerate_runs(config):
         shared = spec.teacher == "sl"
-        key = (spec.adapter, spec.row, spec.seed) if shared else (spec.setting, spec.adapter, spec.row, spec.seed)
+        key = (
+            (spec.adapter, spec.row, spec.seed)
+            if shared
+            else (spec.setting, spec.adapter, spec.row, spec.seed)
+        )
         groups.setdefault(key, []).append(spec)
     return list(groups.values())
 
@@ -531,17 +558,23 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
         torch.manual_seed(first.seed)
         student = ConvNet(config.student_widths, teacher.num_classes).to(memory_format=MEMORY_FORMAT)
         recorder = _StepRecorder()
-        guard = Guard(row_guard(config, first), teacher, plugins=[recorder])
-        synthesizer = _synthesizer(ctx, first, teacher, student, guard)
         if first.row == "ntl_oracle":
-            if synthesizer.bn_statistics is None:
-                raise ConfigError(f"{first.adapter}.bn", "the oracle row replaces BN targets; it needs a BN weight > 0")
-            synthesizer.bn_statistics.targets = ctx.oracle_targets(first.setting, first.teacher)
+            if getattr(getattr(config, first.adapter), "bn", 0) <= 0:
+                raise ConfigError(
+                    f"{first.adapter}.bn", "the oracle row replaces BN targets; it needs a BN weight > 0"
+                )
+            moments = ctx.oracle_targets(first.setting, first.teacher)
+            guard: Guard = OracleGuard(moments, row_guard(config, first), teacher, plugins=[recorder])
+        else:
+            guard = Guard(row_guard(config, first), teacher, plugins=[recorder])
+        synthesizer = _synthesizer(ctx, first, teacher, student, guard)
         seen = {"steps": 0}
 
         def latest_images() -> torch.Tensor:
             last = synthesizer.last_synthesis
-            return last.images if last is not None else torch.empty(0, 3, config.image_size, config.image_size)
+            return (
+                last.images if last is not None else torch.empty(0, 3, config.image_size, config.image_size)
+            )
 
         def evaluate() -> dict[str, float]:
             recent = recorder.steps[seen["steps"] :]
@@ -549,7 +582,9 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
             images = latest_images()
             shared = {
                 "flagged": sum(s.get("guard/forgotten", 0.0) for s in recent) / max(len(recent), 1),
-                "collapse": collapse_rate(predict(teacher, images), teacher.num_classes) if len(images) else math.nan,
+                "collapse": collapse_rate(predict(teacher, images), teacher.num_classes)
+                if len(images)
+                else math.nan,
             }
             metrics: dict[str, float] = {}
             for setting, (id_images, ood_images, clean_images, labels) in tests.items():
@@ -570,7 +605,9 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
             if config.student_schedule == "cosine"
             else None
         )
-        label = first.label() if len(group) == 1 else f"{first.adapter}/{row_label(first.row)}/seed {first.seed}"
+        label = (
+            first.label() if len(group) == 1 else f"{first.adapter}/{row_label(first.row)}/seed {first.seed}"
+        )
         try:
             result = train(
                 synthesizer,
@@ -586,9 +623,10 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
             )
         finally:
             synthesizer.close()
+            guard.close()
         images = latest_images()
-        histogram_guard = Guard(config.guard.model_copy(update={"enabled": True}), teacher)
-        synthetic_scores = _scores(histogram_guard, images).tolist() if len(images) else []
+        with Guard(config.guard.model_copy(update={"enabled": True}), teacher) as histogram_guard:
+            synthetic_scores = _scores(histogram_guard, images).tolist() if len(images) else []
     wall = time.perf_counter() - began
     records = []
     for spec in group:
@@ -603,7 +641,12 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
         records.append(
             {
                 "run_id": run_id(config, spec),
-                "spec": {"setting": spec.setting, "adapter": spec.adapter, "row": spec.row, "seed": spec.seed},
+                "spec": {
+                    "setting": spec.setting,
+                    "adapter": spec.adapter,
+                    "row": spec.row,
+                    "seed": spec.seed,
+                },
                 "teacher_kind": spec.teacher,
                 "guarded": spec.guarded,
                 "config": run_config(config, spec),
@@ -701,7 +744,9 @@ def run_bench(
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
         settings = (config.model_dump(mode="json"), str(out), train_progress)
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=settings) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=settings
+        ) as pool:
             futures = {pool.submit(_execute_in_worker, group): group for group in pending}
             for future in as_completed(futures):
                 finish(futures[future], future.result())

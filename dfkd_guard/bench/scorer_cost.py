@@ -161,7 +161,9 @@ def _bench_teacher(name: str, args: argparse.Namespace, repeats: int) -> list[Ro
 
     torch.manual_seed(args.seed)
     teacher = _make_teacher(name).eval()
-    trainee = copy.deepcopy(teacher)  # the training-style reference updates BN statistics; keep them off the teacher
+    trainee = copy.deepcopy(
+        teacher
+    )  # the training-style reference updates BN statistics; keep them off the teacher
     images = torch.rand(args.batch, 3, 32, 32)
     labels = torch.randint(0, 10, (args.batch,))
     with torch.no_grad():
@@ -180,6 +182,7 @@ def _bench_teacher(name: str, args: argparse.Namespace, repeats: int) -> list[Ro
     tasks: dict[str, Callable[[], object]] = {"forward": forward, "fwd+bwd": fwd_bwd}
     for label, choice, _ in SCORERS:
         guard = Guard(GuardConfig(scorer=choice), teacher, load_entrypoints=False)
+        guard.close()  # scoring records no BN inputs: no guard's hooks stay on the teacher the forwards time
         tasks[label] = reporting.score_task(guard, images, logits)
 
     threads = torch.get_num_threads()
@@ -237,7 +240,11 @@ def format_table(rows: Sequence[Row], batch: int) -> str:
 
 
 def _report(
-    rows: Sequence[Row], args: argparse.Namespace, started: datetime.datetime, load: str, repeats: dict[str, int]
+    rows: Sequence[Row],
+    args: argparse.Namespace,
+    started: datetime.datetime,
+    load: str,
+    repeats: dict[str, int],
 ) -> str:
     rounds = ", ".join(f"{n} for {teacher}" for teacher, n in repeats.items())
     return (
@@ -246,8 +253,5 @@ def _report(
         + f"- Batch {args.batch} of random 3x32x32 images; {args.stat} of {rounds} rounds after {args.warmup} warm-up.\n"
         "  `x forward`: time of `Guard.score(images, logits)` over one no-grad eval forward of the teacher.\n"
         "  `x k fwd+bwd`: atesc with k PGD steps over k train-mode forward + `loss.backward()` passes\n"
-        "  with parameter grads.\n"
-        + reporting.busy_warning(load)
-        + "\n"
-        + format_table(rows, args.batch)
+        "  with parameter grads.\n" + reporting.busy_warning(load) + "\n" + format_table(rows, args.batch)
     )

@@ -330,7 +330,9 @@ def load_or_train_teacher(
     start = time.perf_counter()
     model = train_teacher(config, data, device)
     if verbose:
-        print(f"trained {config.kind} teacher on {config.setting} in {time.perf_counter() - start:.1f} s -> {path}")
+        print(
+            f"trained {config.kind} teacher on {config.setting} in {time.perf_counter() - start:.1f} s -> {path}"
+        )
     save_atomic(model.state_dict(), path)
     return model
 

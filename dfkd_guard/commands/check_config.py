@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "scorer": {"name": resolved.scorer.name, "params": resolved.scorer.params.model_dump()},
         "weighting": {"name": resolved.weighting.name, "params": resolved.weighting.params.model_dump()},
-        "penalties": [{"name": p.name, "weight": p.weight, "params": p.params.model_dump()} for p in resolved.penalties],
+        "penalties": [
+            {"name": p.name, "weight": p.weight, "params": p.params.model_dump()} for p in resolved.penalties
+        ],
         "forget": config.forget.model_dump(),
         "kd_temperature": config.kd_temperature,
         "normalization": config.normalization.model_dump(),

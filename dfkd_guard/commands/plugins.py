@@ -12,10 +12,19 @@ from dfkd_guard.plugins import PluginRegistry
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("plugins", help="list registered scorers, weightings and penalties")
     parser.add_argument(
-        "-p", "--plugin", action="append", default=[], metavar="MODULE", help="also register this importable module"
+        "-p",
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="also register this importable module",
     )
-    parser.add_argument("--no-entrypoints", action="store_true", help="skip plugins from the dfkd_guard entry points")
-    parser.add_argument("--params", action="store_true", help="also list each component's parameters and defaults")
+    parser.add_argument(
+        "--no-entrypoints", action="store_true", help="skip plugins from the dfkd_guard entry points"
+    )
+    parser.add_argument(
+        "--params", action="store_true", help="also list each component's parameters and defaults"
+    )
     parser.set_defaults(func=run)
 
 

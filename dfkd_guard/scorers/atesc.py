@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from dfkd_guard.components import Component
+from dfkd_guard.components import Component, scorer
 from dfkd_guard.hookspecs import hookimpl
 from dfkd_guard.normalization import Normalization
 
@@ -42,7 +42,9 @@ class AtescParams(BaseModel):
     step_size: float | None = Field(
         default=None, gt=0.0, description="per-step size, pixel units; default 2.5 * eps / steps"
     )
-    measure: Literal["kl", "margin"] = Field(default="kl", description="what is read off the attacked prediction")
+    measure: Literal["kl", "margin"] = Field(
+        default="kl", description="what is read off the attacked prediction"
+    )
     clip_to_pixel_range: bool = Field(
         default=False, description="keep x + d inside [0, 1] pixels (off: synthetic images may lie outside)"
     )
@@ -51,11 +53,6 @@ class AtescParams(BaseModel):
     def pixel_step(self) -> float:
         """The step size in pixel units, after applying the default."""
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-
-
-@hookimpl(trylast=True)
-def dfkd_guard_components() -> list[Component]:
-    return [Component("scorer", "atesc", "robustness of the teacher's prediction under L-inf PGD (ATEsc)", AtescParams)]
 
 
 def pgd_perturbation(
@@ -86,18 +83,15 @@ def pgd_perturbation(
     return delta.detach()
 
 
-@hookimpl(trylast=True)
-def dfkd_guard_score(
-    scorer: str,
-    params: BaseModel,
+@scorer("atesc", AtescParams)
+def atesc(
     images: torch.Tensor,
     logits: torch.Tensor,
     teacher: torch.nn.Module,
     normalization: Normalization,
-) -> torch.Tensor | None:
-    if scorer != "atesc":
-        return None
-    assert isinstance(params, AtescParams)
+    params: AtescParams,
+) -> torch.Tensor:
+    """robustness of the teacher's prediction under L-inf PGD (ATEsc)"""
     targets = logits.argmax(dim=1)
     delta = pgd_perturbation(teacher, images, targets, params, normalization)
     with torch.no_grad():
@@ -107,6 +101,14 @@ def dfkd_guard_score(
         others = attacked.scatter(1, targets[:, None], float("-inf")).amax(dim=1)
         return own - others
     kl = F.kl_div(
-        F.log_softmax(attacked, dim=1), F.log_softmax(logits.float(), dim=1), reduction="none", log_target=True
+        F.log_softmax(attacked, dim=1),
+        F.log_softmax(logits.float(), dim=1),
+        reduction="none",
+        log_target=True,
     ).sum(dim=1)
     return -torch.log(kl.clamp_min(0.0) + _KL_FLOOR)
+
+
+@hookimpl(trylast=True)
+def dfkd_guard_components() -> list[Component]:
+    return [atesc]

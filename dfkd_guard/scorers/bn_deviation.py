@@ -11,23 +11,20 @@ logits). Note that an NTL teacher's running statistics mix both domains
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel
 from torch import nn
 
-from dfkd_guard.components import Component, NoParams
+from dfkd_guard.components import Component, scorer
 from dfkd_guard.hookspecs import hookimpl
 
 
-@hookimpl(trylast=True)
-def dfkd_guard_components() -> list[Component]:
-    return [Component("scorer", "bn_deviation", "squared z-score of BatchNorm input means vs running stats", NoParams)]
-
-
-@hookimpl(trylast=True)
-def dfkd_guard_score(scorer: str, params: BaseModel, images: torch.Tensor, teacher: nn.Module) -> torch.Tensor | None:
-    if scorer != "bn_deviation":
-        return None
-    layers = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+@scorer("bn_deviation")
+def bn_deviation(images: torch.Tensor, teacher: nn.Module) -> torch.Tensor:
+    """squared z-score of BatchNorm input means vs running stats"""
+    layers = [
+        m
+        for m in teacher.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if not layers:
         raise ValueError("the teacher has no BatchNorm layer with running statistics")
     deviations: list[torch.Tensor] = []
@@ -47,3 +44,8 @@ def dfkd_guard_score(scorer: str, params: BaseModel, images: torch.Tensor, teach
         for handle in handles:
             handle.remove()
     return torch.stack(deviations).mean(dim=0)
+
+
+@hookimpl(trylast=True)
+def dfkd_guard_components() -> list[Component]:
+    return [bn_deviation]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from dfkd_guard.components import Component
+from dfkd_guard.components import Component, scorer
 from dfkd_guard.hookspecs import hookimpl
 from dfkd_guard.scorers._direction import ConfidenceDirection
 
@@ -17,27 +17,31 @@ class EnergyParams(ConfidenceDirection):
     temperature: float = Field(default=1.0, gt=0.0, description="T of E(x) = -T logsumexp(f(x)/T)")
 
 
+@scorer("msp", ConfidenceDirection)
+def msp(logits: torch.Tensor, params: ConfidenceDirection) -> torch.Tensor:
+    """negative max softmax probability (Hendrycks & Gimpel 2017)"""
+    logits = logits.float()
+    unconfidence = -F.softmax(logits, dim=1).amax(dim=1)
+    return params.orient(unconfidence)
+
+
+@scorer("energy", EnergyParams)
+def energy(logits: torch.Tensor, params: EnergyParams) -> torch.Tensor:
+    """free energy -T logsumexp(f/T) (Liu et al. 2020)"""
+    logits = logits.float()
+    unconfidence = -params.temperature * torch.logsumexp(logits / params.temperature, dim=1)
+    return params.orient(unconfidence)
+
+
+@scorer("entropy", ConfidenceDirection)
+def entropy(logits: torch.Tensor, params: ConfidenceDirection) -> torch.Tensor:
+    """entropy of the teacher's softmax, nats"""
+    logits = logits.float()
+    log_p = F.log_softmax(logits, dim=1)
+    unconfidence = -(log_p.exp() * log_p).sum(dim=1)
+    return params.orient(unconfidence)
+
+
 @hookimpl(trylast=True)
 def dfkd_guard_components() -> list[Component]:
-    return [
-        Component("scorer", "msp", "negative max softmax probability (Hendrycks & Gimpel 2017)", ConfidenceDirection),
-        Component("scorer", "energy", "free energy -T logsumexp(f/T) (Liu et al. 2020)", EnergyParams),
-        Component("scorer", "entropy", "entropy of the teacher's softmax, nats", ConfidenceDirection),
-    ]
-
-
-@hookimpl(trylast=True)
-def dfkd_guard_score(scorer: str, params: BaseModel, logits: torch.Tensor) -> torch.Tensor | None:
-    assert isinstance(params, ConfidenceDirection)
-    logits = logits.float()
-    if scorer == "msp":
-        unconfidence = -F.softmax(logits, dim=1).amax(dim=1)
-    elif scorer == "energy":
-        assert isinstance(params, EnergyParams)
-        unconfidence = -params.temperature * torch.logsumexp(logits / params.temperature, dim=1)
-    elif scorer == "entropy":
-        log_p = F.log_softmax(logits, dim=1)
-        unconfidence = -(log_p.exp() * log_p).sum(dim=1)
-    else:
-        return None
-    return params.orient(unconfidence)
+    return [msp, energy, entropy]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from dfkd_guard.components import Component
+from dfkd_guard.components import Component, scorer
 from dfkd_guard.hookspecs import hookimpl
 from dfkd_guard.normalization import Normalization
 from dfkd_guard.scorers._direction import ConfidenceDirection
@@ -24,23 +24,15 @@ class OdinParams(ConfidenceDirection):
     eps: float = Field(default=0.0014, ge=0.0, le=1.0, description="preprocessing step, pixel units")
 
 
-@hookimpl(trylast=True)
-def dfkd_guard_components() -> list[Component]:
-    return [Component("scorer", "odin", "temperature-scaled MSP after input preprocessing (Liang et al. 2018)", OdinParams)]
-
-
-@hookimpl(trylast=True)
-def dfkd_guard_score(
-    scorer: str,
-    params: BaseModel,
+@scorer("odin", OdinParams)
+def odin(
     images: torch.Tensor,
     logits: torch.Tensor,
     teacher: torch.nn.Module,
     normalization: Normalization,
-) -> torch.Tensor | None:
-    if scorer != "odin":
-        return None
-    assert isinstance(params, OdinParams)
+    params: OdinParams,
+) -> torch.Tensor:
+    """temperature-scaled MSP after input preprocessing (Liang et al. 2018)"""
     x = images.clone().requires_grad_(True)
     loss = F.cross_entropy(teacher(x) / params.temperature, logits.argmax(dim=1), reduction="sum")
     (grad,) = torch.autograd.grad(loss, x)
@@ -49,3 +41,8 @@ def dfkd_guard_score(
         shifted = teacher(images - step * grad.sign()).float()
     msp = F.softmax(shifted / params.temperature, dim=1).amax(dim=1)
     return params.orient(-msp)
+
+
+@hookimpl(trylast=True)
+def dfkd_guard_components() -> list[Component]:
+    return [odin]

@@ -6,9 +6,9 @@ softmax probability it is not squashed towards 1 when one class dominates, so
 it keeps separating samples that are all confidently classified. The OOD score
 is the negative max logit, ``-max_k f_k(x)``: higher = more OOD-like.
 
-The plugin declares one scorer, ``max_logit``, and answers the score hook for
-it. It reads the teacher's logits only, so it costs no teacher pass. Select it
-with ``GuardConfig(scorer="max_logit")`` or, in a TOML config::
+The plugin declares one scorer, ``max_logit``: one decorated function. It
+reads the teacher's logits only, so it costs no teacher pass. Select it with
+``GuardConfig(scorer="max_logit")`` or, in a TOML config::
 
     [scorer]
     name = "max_logit"
@@ -22,11 +22,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from dfkd_guard import Component, hookimpl
+from dfkd_guard import Component, hookimpl, scorer
 
-__all__ = ["MaxLogitParams", "dfkd_guard_components", "dfkd_guard_score"]
-
-SCORER = "max_logit"
+__all__ = ["MaxLogitParams", "dfkd_guard_components", "max_logit"]
 
 
 class MaxLogitParams(BaseModel):
@@ -41,16 +39,13 @@ class MaxLogitParams(BaseModel):
     )
 
 
-@hookimpl
-def dfkd_guard_components() -> list[Component]:
-    return [Component("scorer", SCORER, "negative max logit (Hendrycks et al. 2022)", MaxLogitParams)]
-
-
-@hookimpl
-def dfkd_guard_score(scorer: str, params: BaseModel, logits: torch.Tensor) -> torch.Tensor | None:
+@scorer("max_logit", MaxLogitParams, summary="negative max logit (Hendrycks et al. 2022)")
+def max_logit(logits: torch.Tensor, params: MaxLogitParams) -> torch.Tensor:
     """``-max_k logits[:, k]`` (float (B,)), negated again when ``ood_when="confident"``."""
-    if scorer != SCORER:
-        return None
-    assert isinstance(params, MaxLogitParams)
     unconfidence = -logits.float().amax(dim=1)
     return unconfidence if params.ood_when == "unconfident" else -unconfidence
+
+
+@hookimpl
+def dfkd_guard_components() -> list[Component]:
+    return [max_logit]

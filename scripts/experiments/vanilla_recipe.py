@@ -23,66 +23,107 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-
-from dfkd_guard import Guard, GuardConfig
 from dfkd_guard.adapters.training import train
 from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesizer
+
+from dfkd_guard import Guard, GuardConfig
 from dfkd_guard.bench.data import build_setting
 from dfkd_guard.bench.metrics import OodProbe, collapse_rate, predict
 from dfkd_guard.bench.models import ConvNet, Generator
+from dfkd_guard.bench.oracle import OracleGuard, measure_bn_moments
 from dfkd_guard.bench.runner import MEMORY_FORMAT
 from dfkd_guard.bench.teachers import TeacherConfig, load_or_train_teacher
-from dfkd_guard.adapters.bn_statistics import measure_bn_targets
-from dfkd_guard.bn_prior import BNPrior, FixedBNTargets
+from dfkd_guard.bn_prior import BNPrior
+
+Moments = list[tuple[torch.Tensor, torch.Tensor]]
+
+#: Mixture weight of the ``fixed`` row of ``--target-error``: Wang et al.'s NTL training with equal-size ID and OOD batches.
+FIXED_WEIGHT = 0.5
 
 
-def target_errors(prior: BNPrior, real: FixedBNTargets) -> str:
+def target_errors(prior: BNPrior, real: Moments) -> str:
     """Per BN layer, how far the running statistics and each estimate's targets are from the
     real ID moments: the mean error as a squared effect size ``||m - m_real||^2 / sum(v_real)``,
     and the mean absolute and mean signed log variance ratio ``log(v / v_real)`` (signed > 0:
     the target's variance is too large).
 
-    Besides the three estimates, ``fitted-equal-var``: the fitted means with variances that
-    assume equal ID and OOD variances, ``v - a / (1 - a) (r - mean)**2`` (no synthetic second
-    moment), floored like the others.
+    The estimates: ``fitted``, the guard's own targets (de-mixing with the fitted mixture
+    weight); ``id_group``, the ID-like group's observed moments; ``fixed``, de-mixing with
+    ``a = 0.5``; and ``fitted-equal-var``, the fitted means with variances that assume equal ID
+    and OOD variances, ``v - a / (1 - a) (r - mean)**2`` (no synthetic second moment). The last
+    three are computed here from the prior's observed moments (the library keeps only the
+    fitted de-mixing since 0.2.0), floored like it; all are the running statistics while the
+    prior does not correct.
     """
+    state = prior.state_dict()
+    floor = prior.config.var_floor
 
     def error(index: int, mean: torch.Tensor, var: torch.Tensor) -> str:
-        real_mean, real_var = real.target(index, prior.layers[index])
+        real_mean, real_var = (t.to(mean) for t in real[index])
         log_ratio = (var / real_var).log()
         mean_error = float(((mean - real_mean) ** 2).sum() / real_var.sum())
         return f"{mean_error:.2f}/{float(log_ratio.abs().mean()):.2f}({float(log_ratio.mean()):+.2f})"
 
-    def equal_var(estimate: BNPrior, index: int, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, _ = estimate.target(index, layer)  # type: ignore[arg-type]
+    def floored(
+        layer: torch.nn.Module, mean: torch.Tensor, second: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return mean, torch.maximum(second - mean * mean, floor * layer.running_var)
+
+    def id_group(index: int, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        if not prior.correcting:
+            return layer.running_mean, layer.running_var
+        mean, second = (t.to(layer.running_mean) for t in state["id"][index])
+        return floored(layer, mean, second)
+
+    def fixed(index: int, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        if not prior.correcting:
+            return layer.running_mean, layer.running_var
+        a, r, v = FIXED_WEIGHT, layer.running_mean, layer.running_var
+        mu_ood, m2_ood = (t.to(r) for t in state["ood"][index])
+        mean = (r - (1 - a) * mu_ood) / a
+        return floored(layer, mean, (v + r * r - (1 - a) * m2_ood) / a)
+
+    def equal_var(index: int, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, _ = prior.target(index, layer)  # type: ignore[arg-type]
         a = min(max(prior.weights[index], 1e-3), 1 - 1e-3)  # type: ignore[index]
         var = layer.running_var - a / (1 - a) * (layer.running_mean - mean) ** 2
-        return mean, var.clamp_min(prior.config.var_floor * layer.running_var)
+        return mean, var.clamp_min(floor * layer.running_var)
 
-    rows = ["running " + " ".join(error(i, l.running_mean, l.running_var) for i, l in enumerate(prior.layers))]
-    for estimate in ("id_group", "fitted", "fixed"):
-        other = BNPrior(prior.config.model_copy(update={"estimate": estimate}), prior.layers)
-        other.load_state_dict(prior.state_dict())
-        rows.append(f"{estimate} " + " ".join(error(i, *other.target(i, l)) for i, l in enumerate(prior.layers)))
-        if estimate == "fitted":
-            rows.append("fitted-equal-var " + " ".join(error(i, *equal_var(other, i, l)) for i, l in enumerate(prior.layers)))
+    estimates = {
+        "id_group": id_group,
+        "fitted": lambda i, layer: prior.target(i, layer),
+        "fitted-equal-var": equal_var,
+        "fixed": fixed,
+    }
+    rows = [
+        "running " + " ".join(error(i, l.running_mean, l.running_var) for i, l in enumerate(prior.layers))
+    ]
+    for name, targets in estimates.items():
+        rows.append(f"{name} " + " ".join(error(i, *targets(i, l)) for i, l in enumerate(prior.layers)))
     return "target error (mean / |log var ratio| (signed), per layer): " + " | ".join(rows)
 
 
-class PartialOracle:
-    """BN targets whose means (``part="mean"``) or variances (``part="var"``) are the real ID
-    moments and whose other half comes from ``base`` (the guard's prior, or None = the running
-    statistics): which half of the oracle closes the gap."""
+class PartialOracleGuard(Guard):
+    """A guard whose BN targets take their means (``part="mean"``) or variances (``part="var"``)
+    from the real ID moments and the other half from the guard's own :meth:`Guard.bn_targets`
+    (its de-mixed estimate once the BN prior corrects, the running statistics before, or always
+    without a BN prior): which half of the oracle closes the gap."""
 
-    def __init__(self, real: FixedBNTargets, base: BNPrior | None, part: str) -> None:
-        self.real, self.base, self.part = real, base, part
+    def __init__(self, real: Moments, part: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.real = [(m.detach().clone(), v.detach().clone()) for m, v in real]
+        self.part = part
 
-    def target(self, index: int, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        real_mean, real_var = self.real.target(index, layer)  # type: ignore[arg-type]
-        mean, var = (layer.running_mean, layer.running_var) if self.base is None else self.base.target(index, layer)  # type: ignore[arg-type]
-        return (real_mean, var) if self.part == "mean" else (mean, real_var)  # type: ignore[return-value]
+    def bn_targets(self) -> Moments:
+        own = super().bn_targets()
+        if len(own) != len(self.real):
+            raise ValueError(f"real moments for {len(self.real)} BN layers, the teacher has {len(own)}")
+        if self.part == "mean":
+            return [(real_mean.to(mean), var) for (real_mean, _), (mean, var) in zip(self.real, own)]
+        return [(mean, real_var.to(var)) for (_, real_var), (mean, var) in zip(self.real, own)]
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -104,16 +145,27 @@ def main() -> None:
     p.add_argument("--constant-lr", action="store_true", help="no cosine decay of the student lr")
     p.add_argument("--generator-lr", type=float, default=3e-3)
     p.add_argument("--bn", type=float, default=10.0)
-    p.add_argument("--guard", default="", help="GuardConfig as JSON ('{}' = the default guard); empty = no guard")
     p.add_argument(
-        "--oracle", nargs="?", const="all", choices=["all", "mean", "var"],
+        "--guard", default="", help="GuardConfig as JSON ('{}' = the default guard); empty = no guard"
+    )
+    p.add_argument(
+        "--oracle",
+        nargs="?",
+        const="all",
+        choices=["all", "mean", "var"],
         help="BN targets measured on real ID train images: all, or only their means / variances (the other half from the guard or the running statistics)",
     )
-    p.add_argument("--target-error", action="store_true", help="once the guard corrects, print how far each estimate's BN targets are from the real ID moments")
+    p.add_argument(
+        "--target-error",
+        action="store_true",
+        help="once the guard corrects, print how far each estimate's BN targets are from the real ID moments",
+    )
     p.add_argument("--generator-eval", action="store_true", help="draw student batches with G in eval mode")
     p.add_argument("--teacher-steps", type=int, default=1000)
     p.add_argument("--teacher-lr", type=float, default=3e-3)
-    p.add_argument("--teacher-shift", type=int, default=1, help="random translation of teacher batches, pixels")
+    p.add_argument(
+        "--teacher-shift", type=int, default=1, help="random translation of teacher batches, pixels"
+    )
     p.add_argument("--replay", type=int, default=64, help="replayed images per student step (0 = fresh only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=16)
@@ -124,27 +176,43 @@ def main() -> None:
 
     data = build_setting(a.setting, 0, image_size=a.image_size)
     teacher_config = TeacherConfig(
-        kind=a.kind, setting=a.setting, steps=a.teacher_steps, lr=a.teacher_lr, shift=a.teacher_shift,
-        widths=a.teacher, image_size=a.image_size,
+        kind=a.kind,
+        setting=a.setting,
+        steps=a.teacher_steps,
+        lr=a.teacher_lr,
+        shift=a.teacher_shift,
+        widths=a.teacher,
+        image_size=a.image_size,
     )
     teacher = load_or_train_teacher(teacher_config, a.cache, data=data).to(memory_format=MEMORY_FORMAT)
     probe = OodProbe(teacher.features, data.id_train.images[:2000], data.ood_train.images[:2000])
+    real_moments = (
+        measure_bn_moments(teacher, data.id_train.images[:2000]) if a.target_error or a.oracle else None
+    )
     torch.manual_seed(a.seed)
     student = ConvNet(a.student, 10).to(memory_format=MEMORY_FORMAT)
-    guard = Guard(GuardConfig.model_validate(json.loads(a.guard)) if a.guard else GuardConfig(enabled=False), teacher)
-    config = VanillaConfig(**{**PRESETS["dfq"], "bn": a.bn}, batch_size=a.batch, generator_lr=a.generator_lr, replay=a.replay)
+    guard_config = GuardConfig.model_validate(json.loads(a.guard)) if a.guard else GuardConfig(enabled=False)
+    if a.oracle == "all":
+        guard: Guard = OracleGuard(real_moments, guard_config, teacher)  # type: ignore[arg-type]
+    elif a.oracle:
+        guard = PartialOracleGuard(real_moments, a.oracle, guard_config, teacher)  # type: ignore[arg-type]
+    else:
+        guard = Guard(guard_config, teacher)
+    config = VanillaConfig(
+        **{**PRESETS["dfq"], "bn": a.bn}, batch_size=a.batch, generator_lr=a.generator_lr, replay=a.replay
+    )
     synthesizer = VanillaSynthesizer(
-        teacher, student, Generator(a.latent, a.generator_width, img_size=a.image_size).to(memory_format=MEMORY_FORMAT), a.latent, guard, config,
+        teacher,
+        student,
+        Generator(a.latent, a.generator_width, img_size=a.image_size).to(memory_format=MEMORY_FORMAT),
+        a.latent,
+        guard,
+        config,
         image_shape=(3, a.image_size, a.image_size),
     )
     if a.generator_eval:
         draw = synthesizer._images
         synthesizer._images = lambda batch, train=True: draw(batch, train=False)  # type: ignore[method-assign]
-    real_moments = measure_bn_targets(teacher, data.id_train.images[:2000]) if a.target_error or a.oracle else None
-    if a.oracle == "all":
-        synthesizer.bn_statistics.targets = real_moments  # type: ignore[union-attr]
-    elif a.oracle:
-        synthesizer.bn_statistics.targets = PartialOracle(real_moments, guard.bn_prior, a.oracle)  # type: ignore[arg-type,union-attr]
     images, labels = data.id_test.images[:2000], data.id_test.labels[:2000]
     began = time.time()
 
@@ -169,8 +237,14 @@ def main() -> None:
     optimizer = torch.optim.Adam(student.parameters(), lr=a.student_lr)
     scheduler = None if a.constant_lr else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, a.iterations)
     result = train(
-        synthesizer, optimizer, a.iterations, kd_steps=a.kd_steps, scheduler=scheduler,
-        evaluate=evaluate, evaluate_every=a.eval, progress=False,
+        synthesizer,
+        optimizer,
+        a.iterations,
+        kd_steps=a.kd_steps,
+        scheduler=scheduler,
+        evaluate=evaluate,
+        evaluate_every=a.eval,
+        progress=False,
     )
     last = result_evals[-3:]
     print(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from dfkd_guard import Guard
 from dfkd_guard.adapters.base import Synthesizer
 from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
 from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
+from torch import nn
+
+from dfkd_guard import Guard
 from dfkd_guard.bench.models import ConvNet, Generator
 
 ADAPTERS = ("vanilla", "deepinversion", "cmi")
@@ -23,16 +23,27 @@ def make_adapter(
     synthesizer: Synthesizer
     if name == "vanilla":
         synthesizer = VanillaSynthesizer(
-            teacher, student, Generator(latent_dim=8, base_channels=8), 8, guard, VanillaConfig(batch_size=16, replay=8)
+            teacher,
+            student,
+            Generator(latent_dim=8, base_channels=8),
+            8,
+            guard,
+            VanillaConfig(batch_size=16, replay=8),
         )
     elif name == "deepinversion":
-        config = DeepInversionConfig(batch_size=8, student_batch_size=8, iterations=3, lr=0.1, competition=0.2)
+        config = DeepInversionConfig(
+            batch_size=8, student_batch_size=8, iterations=3, lr=0.1, competition=0.2
+        )
         synthesizer = DeepInversionSynthesizer(teacher, student, guard, config)
     elif name == "cmi":
         from dfkd_guard.adapters.cmi import CMIConfig, CMISynthesizer
 
         synthesizer = CMISynthesizer(
-            teacher, student, Generator(latent_dim=8, base_channels=8), 8, guard,
+            teacher,
+            student,
+            Generator(latent_dim=8, base_channels=8),
+            8,
+            guard,
             CMIConfig(batch_size=8, student_batch_size=8, iterations=3),
         )
     else:

@@ -11,7 +11,9 @@ from dfkd_guard.bench.data import Setting, build_setting
 from dfkd_guard.bench.models import ConvNet, Generator
 from dfkd_guard.bench.teachers import TeacherConfig, load_or_train_teacher
 
-TINY_TEACHER = TeacherConfig(kind="sl", setting="mnist_m", steps=200, batch_size=64, lr=1e-2, widths=(8, 16, 32), seed=0)
+TINY_TEACHER = TeacherConfig(
+    kind="sl", setting="mnist_m", steps=200, batch_size=64, lr=1e-2, widths=(8, 16, 32), seed=0
+)
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ import os
 import signal
 
 import torch
+from dfkd_guard.adapters.training import train
 
 from dfkd_guard import Guard, GuardConfig, hookimpl
-from dfkd_guard.adapters.training import train
 from dfkd_guard.bench.models import ConvNet
 from tests.adapters.adapter_factory import ITERATIONS, make_adapter
 
@@ -53,8 +53,16 @@ def main() -> None:
     )
     guard = Guard(config, teacher.eval(), plugins=plugins, load_entrypoints=False)
     synthesizer, optimizer, scheduler = make_adapter(args.adapter, teacher, guard)
-    train(synthesizer, optimizer, ITERATIONS, kd_steps=2, scheduler=scheduler, checkpoint_path=args.checkpoint,
-          checkpoint_every=2, progress=False)
+    train(
+        synthesizer,
+        optimizer,
+        ITERATIONS,
+        kd_steps=2,
+        scheduler=scheduler,
+        checkpoint_path=args.checkpoint,
+        checkpoint_every=2,
+        progress=False,
+    )
     torch.save(synthesizer.student.state_dict(), args.out)
 
 

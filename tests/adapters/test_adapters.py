@@ -9,47 +9,59 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
-from dfkd_guard import Component, Guard, GuardConfig, hookimpl
-from dfkd_guard.adapters.bn_statistics import BatchNormStatistics
-from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.adapters.checkpoint import load_checkpoint, save_atomic
 from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
+from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.adapters.training import train
 from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesizer
+from torch import nn
+
+from dfkd_guard import Guard, GuardConfig, SampleWeights, hookimpl, penalty, scorer
 from dfkd_guard.bench.models import ConvNet, Generator
-from dfkd_guard.weightings import ood_mask
+from dfkd_guard.weightings import SplitParams, ood_mask
 from tests.adapters.adapter_factory import ADAPTERS, ITERATIONS, make_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class Spy:
-    """Counts every guard hook call; its scorer and penalty are cheap real functions."""
+    """Counts every guard hook call; its scorer and penalty are cheap real functions.
+
+    ``weighed`` logs, per weighted batch, the BN prior's verdict at that moment
+    (once :attr:`guard` is set), the scores and the weights.
+    """
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.scored_sizes: list[int] = []
+        self.guard: Guard | None = None
+        self.weighed: list[tuple[str, torch.Tensor, SampleWeights]] = []
+        calls, sizes = self.calls, self.scored_sizes
+
+        @scorer("spy")
+        def spy_score(logits: torch.Tensor) -> torch.Tensor:
+            """negative max logit, counted"""
+            calls["score"] += 1
+            sizes.append(logits.shape[0])
+            return -logits.max(dim=1).values
+
+        @penalty("spy")
+        def spy_penalty(logits: torch.Tensor) -> torch.Tensor:
+            """mean max logit, counted"""
+            calls["penalty"] += 1
+            return logits.max(dim=1).values.mean()
+
+        self.components = [spy_score, spy_penalty]
 
     @hookimpl
     def dfkd_guard_components(self):
-        return [Component("scorer", "spy", "negative max logit"), Component("penalty", "spy", "mean max logit")]
+        return self.components
 
     @hookimpl
-    def dfkd_guard_score(self, logits):
-        self.calls["score"] += 1
-        self.scored_sizes.append(logits.shape[0])
-        return -logits.max(dim=1).values
-
-    @hookimpl
-    def dfkd_guard_generator_penalty(self, logits):
-        self.calls["penalty"] += 1
-        return logits.max(dim=1).values.mean()
-
-    @hookimpl
-    def dfkd_guard_batch_weighted(self):
+    def dfkd_guard_batch_weighted(self, scores, weights):
         self.calls["weights"] += 1
+        prior = self.guard.bn_prior if self.guard is not None else None
+        self.weighed.append((prior.verdict if prior is not None else "off", scores, weights))
 
     @hookimpl
     def dfkd_guard_step_finished(self):
@@ -92,7 +104,11 @@ def test_hooks_are_called_where_they_should_be(teacher, adapter) -> None:
     assert len(result.history) == 3
     assert all(torch.isfinite(torch.tensor(h["loss/student"])) for h in result.history)
     assert 0.0 < result.history[-1]["guard/forgotten"] < 1.0  # the split really splits
-    assert synthesizer.last_synthesis is not None and synthesizer.last_synthesis.images.shape[1:] == (3, 32, 32)
+    assert synthesizer.last_synthesis is not None and synthesizer.last_synthesis.images.shape[1:] == (
+        3,
+        32,
+        32,
+    )
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -101,10 +117,78 @@ def test_disabled_guard_calls_no_method_hook_and_keeps_every_sample(teacher, ada
     guard, spy = spy_guard(teacher, enabled=False)
     synthesizer, optimizer, scheduler = make_adapter(adapter, teacher, guard)
     result = train(synthesizer, optimizer, 2, kd_steps=2, scheduler=scheduler, progress=False)
-    synthesizer.close()
     assert spy.calls["score"] == 0 and spy.calls["penalty"] == 0 and spy.calls["weights"] == 0
     assert spy.calls["step"] == 2
     assert all(h["guard/kept"] == 1.0 and h["guard/forgotten"] == 0.0 for h in result.history)
+    assert not guard.scores_needed
+    batch = synthesizer.sample()
+    assert torch.isnan(batch.scores).all() and batch.scores.shape == (batch.images.shape[0],)
+    assert batch.kept_fraction == 1.0 and batch.forgotten_fraction == 0.0
+    assert torch.isnan(guard.score(batch.images)).all()
+    assert spy.calls["score"] == 0  # the scorer never ran
+    synthesizer.close()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_no_scorer_runs_after_an_ordinary_verdict_with_the_default_weighting(teacher, adapter) -> None:
+    torch.manual_seed(0)
+    spy = Spy()
+    # two observed batches decide, and no teacher separates its groups by 1e9: ordinary
+    prior = {"skip_batches": 0, "warmup_batches": 2, "ntl_separation": 1e9}
+    guard = Guard(GuardConfig(scorer="spy", bn_prior=prior), teacher, plugins=[spy], load_entrypoints=False)
+    assert guard.resolved.weighting.name == "none" and guard.scores_needed
+    synthesizer, _, _ = make_adapter(adapter, teacher, guard)
+    for _ in range(2):
+        synthesizer.synthesize()
+        batch = synthesizer.sample()
+        assert torch.isfinite(batch.scores).all()  # the warm-up needs every score
+    assert guard.bn_prior is not None and guard.bn_prior.verdict == "ordinary"
+    assert not guard.scores_needed
+    scored = spy.calls["score"]
+    assert scored == 2  # vanilla: each fresh batch; pooled: each round's batch, once
+    fresh = 16 if adapter == "vanilla" else 0
+    for _ in range(2):
+        synthesizer.synthesize()
+        batch = synthesizer.sample()
+        assert batch.kept_fraction == 1.0 and batch.forgotten_fraction == 0.0
+        assert torch.isnan(batch.scores[:fresh]).all()  # fresh vanilla images go unscored
+    if adapter != "vanilla":
+        assert torch.isnan(synthesizer.pool.scores[-8:]).all()  # the rounds after the verdict pool NaN
+    assert spy.calls["score"] == scored
+    synthesizer.close()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_every_sample_is_kept_until_an_ntl_like_verdict_then_the_split_applies(teacher, adapter) -> None:
+    torch.manual_seed(0)
+    spy = Spy()
+    # three observed batches decide, and a separation threshold of 0 always judges NTL-like
+    config = GuardConfig(
+        scorer="spy",
+        weighting="split",
+        forget={"kind": "uniform"},
+        bn_prior={"skip_batches": 0, "warmup_batches": 3, "ntl_separation": 0.0},
+    )
+    guard = spy.guard = Guard(config, teacher, plugins=[spy], load_entrypoints=False)
+    synthesizer, optimizer, scheduler = make_adapter(adapter, teacher, guard)
+    result = train(synthesizer, optimizer, 5, kd_steps=1, scheduler=scheduler, progress=False)
+    synthesizer.close()
+    # the third batch's observation reaches the verdict, and that batch is already weighted
+    assert [verdict for verdict, _, _ in spy.weighed] == ["warming up"] * 2 + ["ntl-like"] * 3
+    assert guard.bn_prior is not None and guard.bn_prior.verdict == "ntl-like"
+    for metrics in result.history[:2]:
+        assert metrics["guard/kept"] == 1.0 and metrics["guard/forgotten"] == 0.0
+    for metrics in result.history[2:]:
+        assert 0.0 < metrics["guard/kept"] < 1.0
+        assert metrics["guard/kept"] + metrics["guard/forgotten"] == pytest.approx(1.0)
+    for verdict, scores, weights in spy.weighed:
+        assert torch.isfinite(scores).all()
+        if verdict == "ntl-like":
+            ood = ood_mask(scores, SplitParams())
+            assert ood.any() and not ood.all()
+            assert torch.equal(weights.forget, ood) and torch.equal(weights.kd, (~ood).float())
+        else:
+            assert weights.kd.eq(1.0).all() and not weights.forget.any()
 
 
 @pytest.mark.parametrize("adapter", ["deepinversion", "cmi"])
@@ -131,7 +215,9 @@ def test_vanilla_replay_adds_pooled_images_with_their_fresh_logits_and_scores(te
     torch.manual_seed(0)
     guard, spy = spy_guard(teacher)
     config = VanillaConfig(batch_size=8, replay=4, pool_size=12)
-    synthesizer = VanillaSynthesizer(teacher, ConvNet((4, 8, 16)), Generator(latent_dim=8, base_channels=8), 8, guard, config)
+    synthesizer = VanillaSynthesizer(
+        teacher, ConvNet((4, 8, 16)), Generator(latent_dim=8, base_channels=8), 8, guard, config
+    )
     synthesizer.synthesize()
     first = synthesizer.sample()
     assert first.images.shape[0] == 8 and len(synthesizer.pool) == 8  # nothing to replay yet
@@ -173,43 +259,6 @@ def test_pool_keeps_logits_aligned_with_images_and_refuses_mixed_batches() -> No
         bare.add(images, scores, logits)
 
 
-def test_pool_keep_drops_images_with_their_scores_and_logits() -> None:
-    pool = ImagePool()
-    pool.add(torch.arange(4.0).view(4, 1, 1, 1), torch.arange(4.0) + 10, torch.arange(8.0).view(4, 2))
-    pool.keep(torch.tensor([True, False, True, False]))
-    assert pool.images.flatten().tolist() == [0.0, 2.0] and pool.scores.tolist() == [10.0, 12.0]
-    assert pool.logits.tolist() == [[0.0, 1.0], [4.0, 5.0]]
-    with pytest.raises(ValueError, match=r"keep\(\) needs a bool mask \(2,\), got \(4,\)"):
-        pool.keep(torch.ones(4, dtype=torch.bool))
-
-
-@pytest.mark.parametrize("adapter", ADAPTERS)
-@pytest.mark.parametrize("drop", [True, False])
-def test_the_pool_drops_its_trapped_images_once_at_the_verdict(teacher, adapter, drop) -> None:
-    torch.manual_seed(0)
-    # one observed batch decides, and a separation threshold of 0 always judges NTL-like
-    prior = {"skip_batches": 0, "warmup_batches": 1, "ntl_separation": 0.0, "drop_trapped": drop}
-    guard = Guard(GuardConfig(scorer="energy", bn_prior=prior), teacher, load_entrypoints=False)
-    synthesizer, _, _ = make_adapter(adapter, teacher, guard)
-    pool = synthesizer.pool
-    synthesizer.synthesize()
-    synthesizer.sample()  # the verdict (the vanilla adapter pools this batch after its draw)
-    assert guard.bn_prior is not None and guard.bn_prior.verdict == "ntl-like"
-    images, scores = pool.images.clone(), pool.scores.clone()
-    trapped = ood_mask(scores, guard.config.bn_prior.split)
-    assert trapped.any() and not trapped.all()
-    synthesizer.synthesize()  # DeepInversion and CMI pool a round after the verdict, unscored (weighting none)
-    added = pool.images[len(images) :].clone()
-    assert torch.isnan(pool.scores[len(images) :]).all() and len(added) == (0 if adapter == "vanilla" else 8)
-    fresh = 16 if adapter == "vanilla" else 0  # the vanilla adapter pools every fresh batch
-    synthesizer.sample()
-    kept = torch.cat([images[~trapped] if drop else images, added])  # unscored images are never trapped
-    assert len(pool) == len(kept) + fresh and torch.equal(pool.images[: len(kept)], kept)
-    synthesizer.sample()  # only once
-    assert len(pool) == len(kept) + 2 * fresh
-    synthesizer.close()
-
-
 def test_pool_scores_are_nan_when_the_guard_is_off(teacher) -> None:
     guard, _ = spy_guard(teacher, enabled=False)
     synthesizer, _, _ = make_adapter("deepinversion", teacher, guard)
@@ -219,18 +268,68 @@ def test_pool_scores_are_nan_when_the_guard_is_off(teacher) -> None:
 
 
 def test_scoring_does_not_overwrite_the_bn_statistics_of_the_adapter_forward(teacher) -> None:
-    statistics = BatchNormStatistics(teacher)
-    batch = torch.rand(8, 3, 32, 32)
-    other = torch.rand(8, 3, 32, 32) * 0.2
-    teacher(batch)
-    unguarded = [loss.item() for loss in statistics.layer_losses()]
-    guard = Guard({"scorer": "bn_deviation", "penalties": ["input_gradient"]}, teacher, load_entrypoints=False)
-    guard.score(other)  # a forward of its own
-    Guard(GuardConfig(scorer="atesc"), teacher, load_entrypoints=False).score(other)  # PGD forwards
+    config = GuardConfig(scorer={"name": "atesc", "params": {"steps": 3}}, penalties=["input_gradient"])
+    guard = Guard(config, teacher, load_entrypoints=False)
+    assert guard.scores_needed  # the BN prior is warming up
+    batch = torch.rand(8, 3, 32, 32, requires_grad=True)
+    other = torch.rand(5, 3, 32, 32) * 0.2
+    teacher(batch)  # the adapter's forward
+    inputs = guard.bn_inputs()
+    loss = guard.bn_loss().item()
+    forwards: list[int] = []
+    counter = teacher.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    scores = guard.score(other)  # PGD: several forwards of the teacher
     guard.generator_penalty(other.clone().requires_grad_(True))  # the guard runs the teacher itself
-    assert [loss.item() for loss in statistics.layer_losses()] == unguarded
-    statistics.remove()
-    assert not any(m._forward_hooks for m in teacher.modules())
+    counter.remove()
+    assert torch.isfinite(scores).all() and len(forwards) > 3 and set(forwards) == {5}
+    after = guard.bn_inputs()
+    assert len(after) == len(inputs) and all(a is b for a, b in zip(after, inputs))
+    assert all(x.shape[0] == 8 for x in after)
+    assert guard.bn_loss().item() == loss
+    guard.bn_loss().backward()  # still the graph of the adapter's forward
+    assert batch.grad is not None and batch.grad.abs().sum() > 0
+    guard.close()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapter_close_unfreezes_the_teacher_and_guard_close_stops_the_recording(teacher, adapter) -> None:
+    torch.manual_seed(0)
+    guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
+    assert all(p.requires_grad for p in teacher.parameters())
+    synthesizer, _, _ = make_adapter(adapter, teacher, guard)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    synthesizer.synthesize()
+    synthesizer.close()
+    assert all(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        teacher(torch.rand(3, 3, 32, 32))
+    assert all(x.shape[0] == 3 for x in guard.bn_inputs())  # the guard's hooks outlive the adapter
+    guard.close()
+    with pytest.raises(RuntimeError, match="no teacher forward recorded"):
+        guard.bn_inputs()
+    with torch.no_grad():
+        teacher(torch.rand(3, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="no teacher forward recorded"):
+        guard.bn_inputs()  # the forward went unrecorded: no hook left
+    with pytest.raises(RuntimeError, match="no teacher forward recorded"):
+        guard.bn_loss()
+
+
+def test_vanilla_close_removes_its_activation_hook(teacher) -> None:
+    guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
+    config = VanillaConfig(batch_size=4, **PRESETS["dafl"])
+    synthesizer = VanillaSynthesizer(teacher, ConvNet((4, 8, 16)), Generator(8, 8), 8, guard, config)
+    assert "act" in synthesizer.synthesize().losses
+    synthesizer._features = None
+    with torch.no_grad():
+        teacher(torch.rand(3, 3, 32, 32))
+    assert synthesizer._features is not None and synthesizer._features.shape[0] == 3
+    synthesizer.close()
+    synthesizer._features = None
+    with torch.no_grad():
+        teacher(torch.rand(3, 3, 32, 32))
+    assert synthesizer._features is None  # the hook no longer fires
+    guard.close()
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -250,7 +349,9 @@ def test_vanilla_student_learns_from_the_teacher(teacher, setting) -> None:
     torch.manual_seed(0)
     guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
     student = ConvNet((4, 8, 16))
-    config = VanillaConfig(batch_size=64, generator_lr=1e-2, bn=10.0)  # DESIGN 7: what DFKD needs at this size
+    config = VanillaConfig(
+        batch_size=64, generator_lr=1e-2, bn=10.0
+    )  # DESIGN 7: what DFKD needs at this size
     synthesizer = VanillaSynthesizer(teacher, student, Generator(16, 16), 16, guard, config)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
     images, labels = setting.id_test.images[:500], setting.id_test.labels[:500]
@@ -270,12 +371,16 @@ def test_vanilla_student_learns_from_the_teacher(teacher, setting) -> None:
 def test_deepinversion_reduces_its_loss_and_keeps_the_best_batch(teacher) -> None:
     torch.manual_seed(0)
     guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
-    short = DeepInversionSynthesizer(teacher, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=8, iterations=1, lr=0.1))
+    short = DeepInversionSynthesizer(
+        teacher, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=8, iterations=1, lr=0.1)
+    )
     torch.manual_seed(0)
     first = short.synthesize().losses["total"]
     short.close()
     torch.manual_seed(0)
-    long = DeepInversionSynthesizer(teacher, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=8, iterations=30, lr=0.1))
+    long = DeepInversionSynthesizer(
+        teacher, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=8, iterations=30, lr=0.1)
+    )
     last = long.synthesize().losses["total"]
     assert last < first
     long.close()
@@ -284,12 +389,23 @@ def test_deepinversion_reduces_its_loss_and_keeps_the_best_batch(teacher) -> Non
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_a_killed_run_resumes_to_the_same_student(adapter, teacher_file, tmp_path) -> None:
     def run(checkpoint: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "tests.adapters.run_adapter", adapter, str(teacher_file), str(checkpoint), str(out), *extra]
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        command = [
+            sys.executable,
+            "-m",
+            "tests.adapters.run_adapter",
+            adapter,
+            str(teacher_file),
+            str(checkpoint),
+            str(out),
+            *extra,
+        ]
+        return subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
     straight = run(tmp_path / "a.ckpt", tmp_path / "a.pt")
     assert straight.returncode == 0, straight.stderr
-    killed = run(tmp_path / "b.ckpt", tmp_path / "b.pt", "--kill-at", "2")  # after iteration 3; last checkpoint at 2
+    killed = run(
+        tmp_path / "b.ckpt", tmp_path / "b.pt", "--kill-at", "2"
+    )  # after iteration 3; last checkpoint at 2
     assert killed.returncode == -9, killed.stderr
     assert not (tmp_path / "b.pt").exists()
     assert load_checkpoint(tmp_path / "b.ckpt")["iteration"] == 2
@@ -320,18 +436,38 @@ def test_checkpoints_refuse_pickled_code(tmp_path) -> None:
 
 
 def test_teacher_without_batchnorm_is_refused_by_bn_matching() -> None:
-    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()
     guard = Guard(GuardConfig(enabled=False), flat, load_entrypoints=False)
     with pytest.raises(ValueError, match="has no BatchNorm layer"):
-        DeepInversionSynthesizer(flat, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=4, iterations=1))
+        DeepInversionSynthesizer(
+            flat, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=4, iterations=1)
+        )
+    with pytest.raises(ValueError, match="has no BatchNorm layer"):
+        VanillaSynthesizer(
+            flat, ConvNet((4, 8, 16)), Generator(8, 8), 8, guard, VanillaConfig(batch_size=4, bn=1.0)
+        )
     # Without the BN term the same teacher is fine.
-    DeepInversionSynthesizer(flat, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=4, iterations=1, bn=0))
+    DeepInversionSynthesizer(
+        flat, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=4, iterations=1, bn=0)
+    ).close()
+    vanilla = VanillaSynthesizer(
+        flat, ConvNet((4, 8, 16)), Generator(8, 8), 8, guard, VanillaConfig(batch_size=4, bn=0)
+    )
+    assert "bn" not in vanilla.synthesize().losses
+    vanilla.close()
+    flat(torch.rand(2, 3, 32, 32))
+    for ask in (guard.bn_loss, guard.bn_inputs, guard.bn_targets):
+        with pytest.raises(ValueError, match=r"the teacher \(Sequential\) has no BatchNorm layer"):
+            ask()
 
 
 def test_generator_of_the_wrong_shape_is_refused(teacher) -> None:
     guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
     small = Generator(latent_dim=8, base_channels=8, img_size=16)
-    with pytest.raises(ValueError, match=r"the generator produced images of shape \(3, 16, 16\), but the teacher takes \(3, 32, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"the generator produced images of shape \(3, 16, 16\), but the teacher takes \(3, 32, 32\)",
+    ):
         VanillaSynthesizer(teacher, ConvNet((4, 8, 16)), small, 8, guard)
 
 
@@ -350,7 +486,9 @@ def test_guard_of_another_teacher_is_refused(teacher) -> None:
 def test_nan_synthesis_is_skipped_and_never_reaches_the_pool(teacher) -> None:
     torch.manual_seed(0)
     guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
-    synthesizer = DeepInversionSynthesizer(teacher, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=4, iterations=2))
+    synthesizer = DeepInversionSynthesizer(
+        teacher, ConvNet((4, 8, 16)), guard, DeepInversionConfig(batch_size=4, iterations=2)
+    )
     synthesizer.synthesize()
     size = len(synthesizer.pool)
     handle = teacher.head.register_forward_hook(lambda m, i, o: o * float("nan"))
@@ -372,7 +510,9 @@ def test_vanilla_drops_and_counts_non_finite_generator_samples(teacher) -> None:
             return torch.where(torch.arange(len(x)).view(-1, 1, 1, 1) % 4 == 0, float("nan"), x)
 
     guard = Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False)
-    synthesizer = VanillaSynthesizer(teacher, ConvNet((4, 8, 16)), Holes(), 8, guard, VanillaConfig(batch_size=8))
+    synthesizer = VanillaSynthesizer(
+        teacher, ConvNet((4, 8, 16)), Holes(), 8, guard, VanillaConfig(batch_size=8)
+    )
     assert synthesizer.synthesize().skipped == 1
     batch = synthesizer.sample()
     assert batch.images.shape[0] == 6 and torch.isfinite(batch.images).all()

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from dfkd_guard.adapters.cmi import CMIConfig, CMISynthesizer, FeatureBank, random_resized_crop
+from dfkd_guard.adapters.training import train
 from torch import nn
 
 from dfkd_guard import Component, Guard, GuardConfig, hookimpl
-from dfkd_guard.adapters.cmi import CMIConfig, CMISynthesizer, FeatureBank, random_resized_crop
-from dfkd_guard.adapters.training import train
 from dfkd_guard.bench.models import ConvNet, Generator
 
 SHAPE = (3, 16, 16)
@@ -30,7 +30,10 @@ def tiny_teacher() -> ConvNet:
 
 
 def build(
-    guard_config: GuardConfig = GUARD_ON, config: CMIConfig = SMALL, plugins: tuple[object, ...] = (), seed: int = 0
+    guard_config: GuardConfig = GUARD_ON,
+    config: CMIConfig = SMALL,
+    plugins: tuple[object, ...] = (),
+    seed: int = 0,
 ) -> tuple[CMISynthesizer, torch.optim.Optimizer]:
     torch.manual_seed(0)
     teacher = tiny_teacher()  # the same teacher whatever the seed: it is not part of a checkpoint
@@ -52,12 +55,9 @@ class SpyScorer:
 
     @hookimpl
     def dfkd_guard_components(self) -> list[Component]:
-        return [Component("scorer", "spy", "counts calls; scores = -max logit")]
+        return [Component("scorer", "spy", self.score, summary="counts calls; scores = -max logit")]
 
-    @hookimpl
-    def dfkd_guard_score(self, scorer: str, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
-        if scorer != "spy":
-            return None
+    def score(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         self.images += images.shape[0]
         return -logits.max(dim=1).values
@@ -102,7 +102,10 @@ def test_replay_reuses_stored_scores() -> None:
     batch = synthesizer.sample()
     assert spy.calls == 2
     assert batch.images.shape == (SMALL.student_batch_size, *SHAPE)
-    stored = {tuple(img.flatten().tolist()): float(s) for img, s in zip(synthesizer.pool.images, synthesizer.pool.scores)}
+    stored = {
+        tuple(img.flatten().tolist()): float(s)
+        for img, s in zip(synthesizer.pool.images, synthesizer.pool.scores)
+    }
     for image, score in zip(batch.images, batch.scores):
         assert stored[tuple(image.flatten().tolist())] == pytest.approx(float(score))
     synthesizer.close()
@@ -160,7 +163,9 @@ def test_resume_gives_the_uninterrupted_student(tmp_path: Path) -> None:
     first, first_optimizer = build(GUARD_ON)
     train(first, first_optimizer, 2, kd_steps=2, checkpoint_path=checkpoint, progress=False)
     first.close()
-    resumed, resumed_optimizer = build(GUARD_ON, seed=1)  # other initial weights: the checkpoint replaces them
+    resumed, resumed_optimizer = build(
+        GUARD_ON, seed=1
+    )  # other initial weights: the checkpoint replaces them
     torch.manual_seed(123)  # the checkpoint, not the caller's RNG, decides what follows
     result = train(resumed, resumed_optimizer, 4, kd_steps=2, checkpoint_path=checkpoint, progress=False)
     assert len(result.history) == 4
@@ -176,14 +181,26 @@ def test_state_dict_round_trip_restores_everything() -> None:
     synthesizer.synthesize()
     synthesizer.synthesize()
     state = synthesizer.state_dict()
-    assert set(state) == {"generator", "initial_generator", "head", "head_optimizer", "bank", "pool", "skipped"}
+    assert set(state) == {
+        "generator",
+        "initial_generator",
+        "head",
+        "head_optimizer",
+        "bank",
+        "pool",
+        "skipped",
+    }
     other, _ = build(GUARD_OFF, seed=5)
     other.load_state_dict(state)
-    other.student.load_state_dict(synthesizer.student.state_dict())  # the trainer's checkpoint holds the student
+    other.student.load_state_dict(
+        synthesizer.student.state_dict()
+    )  # the trainer's checkpoint holds the student
     for name in ("generator", "head"):
         mine, theirs = getattr(synthesizer, name).state_dict(), getattr(other, name).state_dict()
         assert all(torch.equal(mine[k], theirs[k]) for k in mine)
-    assert all(torch.equal(synthesizer.initial_generator[k], other.initial_generator[k]) for k in state["generator"])
+    assert all(
+        torch.equal(synthesizer.initial_generator[k], other.initial_generator[k]) for k in state["generator"]
+    )
     assert torch.equal(synthesizer.bank.features, other.bank.features)
     torch.manual_seed(7)
     a = synthesizer.synthesize()
@@ -207,7 +224,9 @@ def test_non_finite_steps_are_skipped_and_never_pooled() -> None:
     torch.manual_seed(0)
     teacher = tiny_teacher()
     guard = Guard(GUARD_OFF, teacher, load_entrypoints=False)
-    synthesizer = CMISynthesizer(teacher, ConvNet((4, 8)), NaNGenerator(), LATENT, guard, SMALL, image_shape=SHAPE)
+    synthesizer = CMISynthesizer(
+        teacher, ConvNet((4, 8)), NaNGenerator(), LATENT, guard, SMALL, image_shape=SHAPE
+    )
     result = synthesizer.synthesize()
     assert result.skipped == SMALL.iterations and synthesizer.skipped == SMALL.iterations
     assert result.images.shape == (0, *SHAPE)
@@ -217,12 +236,26 @@ def test_non_finite_steps_are_skipped_and_never_pooled() -> None:
     synthesizer.close()
 
 
-def test_close_removes_the_teacher_hooks() -> None:
+def test_the_guard_close_removes_the_teacher_hooks_the_adapter_close_leaves_them() -> None:
     synthesizer, _ = build(GUARD_OFF)
-    bn_layers = [m for m in synthesizer.teacher.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert all(m._forward_hooks for m in bn_layers)
+    teacher, guard = synthesizer.teacher, synthesizer.guard
+    assert not any(p.requires_grad for p in teacher.parameters())
     synthesizer.close()
-    assert not any(m._forward_hooks for m in bn_layers)
+    assert all(p.requires_grad for p in teacher.parameters())  # unfrozen as it was
+    with torch.no_grad():
+        teacher(torch.rand(3, *SHAPE))
+    assert all(x.shape[0] == 3 for x in guard.bn_inputs())  # still recorded: the guard's hooks stay
+    guard.close()
+    with torch.no_grad():
+        teacher(torch.rand(5, *SHAPE))
+    with pytest.raises(RuntimeError, match="no teacher forward recorded"):
+        guard.bn_inputs()  # that forward went unrecorded
+    # CMI's instance features are the recorded BN inputs: a closed guard cannot serve a round
+    other, _ = build(GUARD_OFF)
+    other.guard.close()
+    with pytest.raises(RuntimeError, match="no teacher forward recorded"):
+        other.synthesize()
+    other.close()
 
 
 def test_random_resized_crop() -> None:
@@ -251,7 +284,11 @@ def test_config_rejects_bad_values() -> None:
 
 
 def test_teacher_without_batchnorm_is_refused() -> None:
-    teacher = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    ).eval()
     guard = Guard(GUARD_OFF, teacher, load_entrypoints=False)
     with pytest.raises(ValueError, match="BatchNorm"):
-        CMISynthesizer(teacher, ConvNet((4, 8)), Generator(LATENT, 4, img_size=16), LATENT, guard, SMALL, SHAPE)
+        CMISynthesizer(
+            teacher, ConvNet((4, 8)), Generator(LATENT, 4, img_size=16), LATENT, guard, SMALL, SHAPE
+        )

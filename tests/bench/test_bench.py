@@ -11,13 +11,13 @@ import torch
 from dfkd_guard.bench.config import BenchConfig, row_label
 from dfkd_guard.bench.report import format_stat, require_matplotlib
 from dfkd_guard.bench.runner import (
-    RunSpec,
     EvalLabels,
+    RunSpec,
     asr_minus_clean,
     enumerate_runs,
     final_metrics,
-    preflight,
     prediction_metrics,
+    preflight,
     run_config,
     run_id,
 )
@@ -29,7 +29,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _table_rows(report: str) -> list[list[str]]:
     section = report.split("## Students", 1)[1].split("## Teachers", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
+    lines = [
+        line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| setting")
+    ]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
@@ -68,7 +70,9 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
 
     record = json.loads(next(p for p in runs if p.name.startswith("backdoor-cmi-ntl_guard-")).read_text())
     assert record["teacher_kind"] == "ntl_backdoor" and record["curves"]["iteration"] == [1.0, 2.0]
-    assert {"iacc", "oacc", "oagr", "asr", "asr_minus_clean", "ood_share", "collapse", "flagged"} <= set(record["final"])
+    assert {"iacc", "oacc", "oagr", "asr", "asr_minus_clean", "ood_share", "collapse", "flagged"} <= set(
+        record["final"]
+    )
     assert len(record["synthetic_scores"]["values"]) == config.cmi.batch_size
 
     # The SL teacher sees only MNIST, the same in every setting: one training serves the SL row of all three.
@@ -97,7 +101,9 @@ def test_metrics_on_hand_made_predictions() -> None:
     pred_ood = torch.tensor([0, 0, 5, 4])  # triggered digits: 2 of 4 sent to the target class
     pred_clean = torch.tensor([0, 2, 3, 4])  # the same digits without trigger: 1 of 4 predicted as the target
     metrics = prediction_metrics(pred_id, pred_ood, labels, pred_clean)
-    assert metrics == pytest.approx({"iacc": 0.75, "oagr": 0.75, "oacc": 0.25, "asr": 0.5, "asr_minus_clean": 0.25})
+    assert metrics == pytest.approx(
+        {"iacc": 0.75, "oagr": 0.75, "oacc": 0.25, "asr": 0.5, "asr_minus_clean": 0.25}
+    )
 
     assert asr_minus_clean(torch.tensor([7, 7, 7]), torch.tensor([1, 2, 3]), 7) == (1.0, 1.0)
     assert asr_minus_clean(torch.tensor([7, 1]), torch.tensor([7, 7]), 7) == (0.5, -0.5)
@@ -106,13 +112,19 @@ def test_metrics_on_hand_made_predictions() -> None:
     with pytest.raises(ValueError, match="clean"):
         prediction_metrics(pred_id, pred_ood, labels)
 
-    open_set = EvalLabels(labels.id_labels, torch.tensor([9, 9, 9, 9]), torch.tensor([4, 4, 4, 4]), close_set=False)
+    open_set = EvalLabels(
+        labels.id_labels, torch.tensor([9, 9, 9, 9]), torch.tensor([4, 4, 4, 4]), close_set=False
+    )
     assert prediction_metrics(pred_id, torch.tensor([4, 4, 1, 1]), open_set) == {"iacc": 0.75, "oagr": 0.5}
 
     # A run's final value is the mean of its last 3 evaluations; missing values are skipped.
     evaluations = [{"iacc": 0.1, "asr": None}, {"iacc": 0.2}, {"iacc": 0.3}, {"iacc": 0.4, "asr": 0.5}]
     assert final_metrics(evaluations) == pytest.approx({"iacc": 0.3, "asr": 0.5})
-    assert format_stat([0.5, 0.7]) == "0.600 ± 0.141" and format_stat([0.25]) == "0.250" and format_stat([]) == "–"
+    assert (
+        format_stat([0.5, 0.7]) == "0.600 ± 0.141"
+        and format_stat([0.25]) == "0.250"
+        and format_stat([]) == "–"
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,10 +155,17 @@ def test_config_rejects_bad_values_naming_the_field(values, field) -> None:
 
 def test_config_files_and_names_checked_before_training(tmp_path, capsys) -> None:
     good = tmp_path / "bench.toml"
-    good.write_text('settings = ["backdoor"]\nseeds = [3, 4, 5]\n\n[adapters]\nbackdoor = ["cmi"]\n\n[cmi]\niterations = 5\n')
+    good.write_text(
+        'settings = ["backdoor"]\nseeds = [3, 4, 5]\n\n[adapters]\nbackdoor = ["cmi"]\n\n[cmi]\niterations = 5\n'
+    )
     config = BenchConfig.from_file(good)
-    assert config.seeds == (3, 4, 5) and config.adapters["backdoor"] == ("cmi",) and config.cmi.iterations == 5
-    assert BenchConfig.from_file(good).model_dump() == BenchConfig.from_mapping(json.loads(config.model_dump_json())).model_dump()
+    assert (
+        config.seeds == (3, 4, 5) and config.adapters["backdoor"] == ("cmi",) and config.cmi.iterations == 5
+    )
+    assert (
+        BenchConfig.from_file(good).model_dump()
+        == BenchConfig.from_mapping(json.loads(config.model_dump_json())).model_dump()
+    )
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"budgets": {"vanilla": {"iterations": 10, "kd_steps": 1, "eval_every": 0}}}))
@@ -184,15 +203,17 @@ def test_run_ids_are_stable_and_follow_the_run_config() -> None:
     soft = config.updated(guard={**config.guard.model_dump(mode="json"), "weighting": "soft"})
     assert run_id(soft, sl) == run_id(config, sl) and run_id(soft, spec) != run_id(config, spec)
     # nor on the library's guard defaults: a disabled guard enters the id by its normalization alone
-    assert run_config(config, sl)["guard"] == {"enabled": False, "normalization": config.guard.normalization.model_dump(mode="json")}
+    assert run_config(config, sl)["guard"] == {
+        "enabled": False,
+        "normalization": config.guard.normalization.model_dump(mode="json"),
+    }
     # the trap memory's fields enter a guarded run's id only when it has a trap memory
     assert set(run_config(config, spec)["guard"]["forget"]) == {"kind", "weight"}
     memory = config.updated(guard={"forget": {"memory": 64}})
-    assert run_config(memory, spec)["guard"]["forget"]["memory"] == 64 and run_id(memory, spec) != run_id(config, spec)
-    # so does bn_prior.drop_trapped, only when it is on
-    assert "drop_trapped" not in run_config(config, spec)["guard"]["bn_prior"]
-    drop = config.updated(guard={"bn_prior": {"drop_trapped": True}})
-    assert run_config(drop, spec)["guard"]["bn_prior"]["drop_trapped"] is True and run_id(drop, spec) != run_id(config, spec)
+    assert run_config(memory, spec)["guard"]["forget"]["memory"] == 64 and run_id(memory, spec) != run_id(
+        config, spec
+    )
+    assert set(run_config(memory, spec)["guard"]["forget"]) == {"kind", "weight", "memory", "recall"}
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch) -> None:
@@ -219,7 +240,10 @@ def test_parallel_workers_give_the_same_runs_and_the_oracle_and_variant_rows_run
             p.name: json.loads(p.read_text())["final"] for p in sorted((out / "runs").glob("*.json"))
         }
     assert finals[1] == finals[2]
-    runs = {p.name.split("-seed")[0]: json.loads(p.read_text()) for p in (tmp_path / "workers1" / "runs").glob("*.json")}
+    runs = {
+        p.name.split("-seed")[0]: json.loads(p.read_text())
+        for p in (tmp_path / "workers1" / "runs").glob("*.json")
+    }
     oracle, plain = runs["rotated_mnist-vanilla-ntl_oracle"], runs["rotated_mnist-vanilla-ntl"]
     # the oracle's BN targets changed the synthesis: other final images, other scores
     assert oracle["synthetic_scores"]["values"] != plain["synthetic_scores"]["values"]

@@ -33,7 +33,9 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
     return path
 
 
-def write_split_folder(folder: Path, n_train: int, n_test: int, compress: bool, seed: int = 0) -> dict[str, np.ndarray]:
+def write_split_folder(
+    folder: Path, n_train: int, n_test: int, compress: bool, seed: int = 0
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}

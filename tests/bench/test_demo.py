@@ -8,8 +8,19 @@ from dfkd_guard.cli import main
 
 
 def test_demo_prints_three_rows_and_writes_the_report(tmp_path, capfd) -> None:
-    args = ["demo", "--iterations", "2", "--teacher-steps", "20", "--cache-dir", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "out"), "--workers", "2"]
+    args = [
+        "demo",
+        "--iterations",
+        "2",
+        "--teacher-steps",
+        "20",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "out"),
+        "--workers",
+        "2",
+    ]
     assert main(args) == 0
     captured = capfd.readouterr()
     rows = [line for line in captured.out.splitlines() if line.startswith("| mnist_m")]

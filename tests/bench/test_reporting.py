@@ -51,8 +51,15 @@ def test_name_list_message_reaches_the_command_line(capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0.0, "0"), (0.012345, "0.0123"), (1.2345, "1.23"), (12.345, "12.3"), (1234.5, "1234"), (-0.5, "-0.500"),
-     (float("inf"), "inf")],
+    [
+        (0.0, "0"),
+        (0.012345, "0.0123"),
+        (1.2345, "1.23"),
+        (12.345, "12.3"),
+        (1234.5, "1234"),
+        (-0.5, "-0.500"),
+        (float("inf"), "inf"),
+    ],
 )
 def test_format_number_gives_three_significant_digits_without_exponents(value: float, text: str) -> None:
     assert format_number(value) == text

@@ -22,7 +22,7 @@ from dfkd_guard.bench.teachers import (
     train_teacher,
 )
 
-TINY = dict(widths=(4, 8), steps=3, batch_size=8, shift=1)
+TINY = {"widths": (4, 8), "steps": 3, "batch_size": 8, "shift": 1}
 
 
 def tiny_setting(backdoor: bool = False, n: int = 24) -> Setting:
@@ -82,11 +82,15 @@ def test_ntl_loss_matches_formula() -> None:
     alpha, beta = 0.7, 0.3
 
     def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
-        return -sum(float(torch.log(torch.softmax(logits[i], 0)[labels[i]])) for i in range(len(labels))) / len(labels)
+        return -sum(
+            float(torch.log(torch.softmax(logits[i], 0)[labels[i]])) for i in range(len(labels))
+        ) / len(labels)
 
     pooled = torch.cat([fi, fo])
     n = len(pooled)
-    h0 = sum(float(((pooled[i] - pooled[j]) ** 2).sum()) for i in range(n) for j in range(n) if i != j) / (n * n - n)
+    h0 = sum(float(((pooled[i] - pooled[j]) ** 2).sum()) for i in range(n) for j in range(n) if i != j) / (
+        n * n - n
+    )
     kxx = sum(_kernel_sum(a, b, h0) for a in fi for b in fi) / 16
     kyy = sum(_kernel_sum(a, b, h0) for a in fo for b in fo) / 16
     kxy = sum(_kernel_sum(a, b, h0) for a in fi for b in fo) / 16
@@ -102,8 +106,14 @@ def test_ntl_loss_matches_formula() -> None:
 def test_ntl_loss_finite_on_saturated_logits() -> None:
     logits = torch.full((2, 3), -200.0)
     logits[:, 0] = 200.0
-    loss = ntl_loss(logits, torch.tensor([0, 0]), logits.clone().requires_grad_(), torch.tensor([1, 2]),
-                    torch.randn(2, 4), torch.randn(2, 4))
+    loss = ntl_loss(
+        logits,
+        torch.tensor([0, 0]),
+        logits.clone().requires_grad_(),
+        torch.tensor([1, 2]),
+        torch.randn(2, 4),
+        torch.randn(2, 4),
+    )
     assert torch.isfinite(loss)
 
 
@@ -144,7 +154,9 @@ def test_shifted_translates_the_batch_and_pads_with_zeros() -> None:
     for seed in range(30):
         out = shifted(images, 1, torch.Generator().manual_seed(seed))
         assert out.shape == images.shape and torch.equal(out[0], out[1])  # one offset per batch
-        offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if torch.equal(out, _translate(images, dy, dx))]
+        offsets = [
+            (dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if torch.equal(out, _translate(images, dy, dx))
+        ]
         assert len(offsets) == 1
         seen.add(offsets[0])
     assert len(seen) == 9  # every offset in [-1, 1]^2 occurs
@@ -198,7 +210,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (Path.touch, (self.marker,))
 
 
