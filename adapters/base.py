@@ -11,7 +11,7 @@ as in the CMI / Fast-DFKD ``datafree`` package:
 Adapters use the guard exactly as a hand-written loop does, through its
 public calls: :meth:`~dfkd_guard.Guard.bn_loss` and
 :meth:`~dfkd_guard.Guard.generator_penalty` in the synthesis loss,
-:meth:`~dfkd_guard.Guard.score` when an image is pooled, and
+:meth:`~dfkd_guard.Guard.score` (``if_needed=True``) when an image is pooled, and
 :meth:`~dfkd_guard.Guard.student_batch` for every student batch;
 :func:`student_step` trains on it. A disabled guard
 (``GuardConfig(enabled=False)``) turns every adapter into its unguarded method.
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dfkd_guard import Guard, GuardedBatch
+from dfkd_guard.bn_statistics import batchnorm_layers
 
 __all__ = ["SynthesisResult", "Synthesizer", "student_step"]
 
@@ -127,11 +128,12 @@ class Synthesizer(ABC):
             logits = self.teacher(images)
         return self.guard.student_batch(images, logits, scores)
 
-    def pool_scores(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores to store with freshly pooled images: the guard's, or NaN while it needs none."""
-        if not self.guard.scores_needed:
-            return torch.full((images.shape[0],), float("nan"), device=images.device)
-        return self.guard.score(images, logits)
+    def require_batchnorm(self, why: str) -> None:
+        """Raise a ValueError naming the teacher when it has no BatchNorm layer with running statistics."""
+        if not batchnorm_layers(self.teacher):
+            raise ValueError(
+                f"the teacher ({type(self.teacher).__name__}) has no BatchNorm layer with running statistics; {why}"
+            )
 
     @abstractmethod
     def synthesize(self) -> SynthesisResult:

@@ -51,13 +51,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
-from dfkd_guard.adapters.pool import ImagePool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from dfkd_guard import Guard, GuardedBatch
-from dfkd_guard.bn_statistics import batchnorm_layers
+from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
+from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.losses import kd_divergence
 
 __all__ = ["CMIConfig", "CMISynthesizer", "FeatureBank", "ProjectionHead", "random_resized_crop"]
@@ -255,11 +254,7 @@ class CMISynthesizer(Synthesizer):
         self.generator = generator.to(self.device)
         self.latent_dim = latent_dim
         self.initial_generator = _clone_state(self.generator.state_dict())
-        if not batchnorm_layers(teacher):
-            raise ValueError(
-                f"the teacher ({type(teacher).__name__}) has no BatchNorm layer with running statistics; "
-                "CMI's instance features are BN-layer statistics"
-            )
+        self.require_batchnorm("CMI's instance features are BN-layer statistics")
         was_training = self.generator.training
         self.generator.eval()
         with torch.no_grad():
@@ -372,7 +367,7 @@ class CMISynthesizer(Synthesizer):
         if best is None:
             return SynthesisResult(torch.empty(0, *self.image_shape), terms, skipped)
         images, logits, features = best
-        self.pool.add(images, self.pool_scores(images, logits))
+        self.pool.add(images, self.guard.score(images, logits, if_needed=True))
         self.bank.add(features)
         terms["best_total"] = best_loss
         return SynthesisResult(images, terms, skipped)

@@ -27,13 +27,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
-from dfkd_guard.adapters.pool import ImagePool
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from dfkd_guard import Guard, GuardedBatch
-from dfkd_guard.bn_statistics import batchnorm_layers
+from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
+from dfkd_guard.adapters.pool import ImagePool
 
 __all__ = ["DeepInversionConfig", "DeepInversionSynthesizer", "js_divergence", "total_variation"]
 
@@ -109,11 +108,8 @@ class DeepInversionSynthesizer(Synthesizer):
     ) -> None:
         super().__init__(teacher, student, guard, image_shape, device)
         self.config = config or DeepInversionConfig()
-        if self.config.bn > 0 and not batchnorm_layers(teacher):
-            raise ValueError(
-                f"the teacher ({type(teacher).__name__}) has no BatchNorm layer with running statistics; "
-                "BN-statistics matching needs them (set bn = 0 to run without)"
-            )
+        if self.config.bn > 0:
+            self.require_batchnorm("BN-statistics matching needs them (set bn = 0 to run without)")
         self.pool = ImagePool(self.config.pool_size)
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
@@ -169,7 +165,7 @@ class DeepInversionSynthesizer(Synthesizer):
         self.skipped += skipped
         if best is None or not torch.isfinite(best).all():
             return SynthesisResult(torch.empty(0, *self.image_shape), terms, skipped)
-        self.pool.add(best, self.pool_scores(best))
+        self.pool.add(best, self.guard.score(best, if_needed=True))
         return SynthesisResult(best, terms, skipped)
 
     def sample(self) -> GuardedBatch:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+
 from dfkd_guard.adapters.base import Synthesizer, student_step
 from dfkd_guard.adapters.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 

@@ -28,13 +28,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
-from dfkd_guard.adapters.pool import ImagePool
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from dfkd_guard import Guard, GuardedBatch
-from dfkd_guard.bn_statistics import batchnorm_layers
+from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
+from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.losses import kd_divergence
 
 __all__ = ["PRESETS", "VanillaConfig", "VanillaSynthesizer"]
@@ -113,11 +112,8 @@ class VanillaSynthesizer(Synthesizer):
             self.generator.parameters(), lr=self.config.generator_lr, betas=(0.5, 0.999)
         )
         self.pool = ImagePool(self.config.pool_size)
-        if self.config.bn > 0 and not batchnorm_layers(teacher):
-            raise ValueError(
-                f"the teacher ({type(teacher).__name__}) has no BatchNorm layer with running statistics; "
-                "BN-statistics matching needs them (set bn = 0 to run without)"
-            )
+        if self.config.bn > 0:
+            self.require_batchnorm("BN-statistics matching needs them (set bn = 0 to run without)")
         self._features: torch.Tensor | None = None
         self._feature_hook = (
             _last_linear(self.teacher).register_forward_pre_hook(self._keep_features)

@@ -105,9 +105,7 @@ class BNRecorder:
     def _recorder(self, index: int):
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if self._recording:
-                if (
-                    not self._in_forward
-                ):  # a submodule run on its own: the record no longer belongs to one input
+                if not self._in_forward:  # a submodule run alone: the record belongs to no one input
                     self.last_input = None
                 self.inputs[index] = inputs[0]
 

@@ -173,7 +173,7 @@ class Guard:
         self.close()
 
     def close(self) -> None:
-        """Remove the guard's hooks from the teacher (the guard can still score, but records no BN inputs)."""
+        """Remove the guard's hooks from the teacher: it can still score, but BN matching and observing then raise."""
         if self._recorder is not None:
             self._recorder.remove()
 
@@ -246,10 +246,10 @@ class Guard:
         :returns: scalar tensor (zero when no penalty is configured or the
             guard is disabled); grad flows to ``images`` only, never to the teacher.
         """
-        if not self.enabled or not self.resolved.penalties:
-            return images.new_zeros(()) if isinstance(images, torch.Tensor) else torch.zeros(())
         _check_images(images)
         total = images.new_zeros(())
+        if not self.enabled or not self.resolved.penalties:
+            return total
         with self._quiet(), torch.enable_grad():
             if logits is None:
                 logits = self.teacher(images)
@@ -294,30 +294,30 @@ class Guard:
         """
         _check_images(images)
         _check_logits(teacher_logits, images.shape[0])
-        if not self.enabled:
-            if scores is None:
-                scores = images.new_full((images.shape[0],), math.nan)
-            return self._batch(images.detach(), teacher_logits.detach(), scores, None)
-        scores = self.observe(images, teacher_logits, scores)
-        return self.weigh(images, teacher_logits, scores)
+        scores = self._complete(images, teacher_logits, scores)
+        self._observe(images, scores)
+        return self._weigh(images.detach(), teacher_logits.detach(), scores)
 
-    def score(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self, images: torch.Tensor, logits: torch.Tensor | None = None, *, if_needed: bool = False
+    ) -> torch.Tensor:
         """OOD scores of a batch with the configured scorer (NaN, and nothing run, when the guard is off).
 
         :meth:`student_batch` scores only when a decision needs scores
-        (:attr:`scores_needed`); call this yourself to store scores with
-        pooled images (when :attr:`scores_needed`) or to inspect them.
+        (:attr:`scores_needed`); ``if_needed=True`` does the same here, e.g.
+        for the scores a loop stores with pooled images.
 
         :param images: float (B, C, H, W), finite, in teacher input units.
         :param logits: the teacher's (B, K) logits on ``images`` if the caller
             already has them (saves a forward pass); detached here.
+        :param if_needed: return NaN, running nothing, unless :attr:`scores_needed`.
         :returns: float (B,) on ``images.device``, higher = more OOD-like, no grad.
         :raises ValueError: ``images`` or ``logits`` do not fit.
         :raises PluginError: the scorer raised or returned a wrong shape / NaN.
         """
         _check_images(images)
         batch = images.shape[0]
-        if not self.enabled:
+        if not (self.scores_needed if if_needed else self.enabled):
             return images.new_full((batch,), math.nan, dtype=torch.float32)
         if not torch.isfinite(images).all():
             raise ValueError("images contain NaN or Inf; the guard scores only finite images")
@@ -364,12 +364,7 @@ class Guard:
         _check_images(images)
         _check_logits(teacher_logits, images.shape[0])
         scores = self._complete(images, teacher_logits, scores)
-        prior = self.bn_prior
-        if prior is not None and prior.observing:
-            self._require_eval()
-            ood_like = ood_mask(scores, self.config.bn_prior.split)
-            if prior.observe(self._inputs_of(images), ood_like) and self.trap_memory is not None:
-                self.trap_memory.add(images[ood_like.to(images.device)])
+        self._observe(images, scores)
         return scores
 
     def weigh(
@@ -389,20 +384,7 @@ class Guard:
         _check_images(images)
         _check_logits(teacher_logits, images.shape[0])
         images, teacher_logits = images.detach(), teacher_logits.detach()
-        scores = self._complete(images, teacher_logits, scores)
-        prior = self.bn_prior
-        if not self.enabled or (prior is not None and not prior.correcting):
-            weights = SampleWeights.keep_all(images.shape[0], images.device)
-        else:
-            weights = self._weighting(scores, teacher_logits)
-        if self.enabled:
-            self.registry.notify(
-                "dfkd_guard_batch_weighted",
-                weighting=self.resolved.weighting.name,
-                scores=scores,
-                weights=weights,
-            )
-        return self._batch(images, teacher_logits, scores, weights)
+        return self._weigh(images, teacher_logits, self._complete(images, teacher_logits, scores))
 
     # -- run state -------------------------------------------------------------
 
@@ -463,15 +445,39 @@ class Guard:
                 self.teacher(images)
         return recorder.recorded()
 
+    def _observe(self, images: torch.Tensor, scores: torch.Tensor) -> None:
+        """Add a checked batch and its completed scores to the BN prior's warm-up (and the trap memory)."""
+        prior = self.bn_prior
+        if prior is not None and prior.observing:
+            self._require_eval()
+            ood_like = ood_mask(scores, self.config.bn_prior.split)
+            if prior.observe(self._inputs_of(images), ood_like) and self.trap_memory is not None:
+                self.trap_memory.add(images[ood_like.to(images.device)])
+
+    def _weigh(self, images: torch.Tensor, logits: torch.Tensor, scores: torch.Tensor) -> GuardedBatch:
+        """The calibrated weights of a checked, detached batch with completed scores, recall appended."""
+        prior = self.bn_prior
+        if not self.enabled or (prior is not None and not prior.correcting):
+            weights = SampleWeights.keep_all(images.shape[0], images.device)
+        else:
+            weights = self._weighting(scores, logits)
+        if self.enabled:
+            self.registry.notify(
+                "dfkd_guard_batch_weighted",
+                weighting=self.resolved.weighting.name,
+                scores=scores,
+                weights=weights,
+            )
+        return self._batch(images, logits, scores, weights)
+
     def _complete(
         self, images: torch.Tensor, logits: torch.Tensor, scores: torch.Tensor | None
     ) -> torch.Tensor:
         """``scores`` with every entry the guard needs filled in (NaN elsewhere); no scorer runs when none is needed."""
-        needed = self.scores_needed
         if scores is None:
-            return self.score(images, logits) if needed else images.new_full((images.shape[0],), math.nan)
+            return self.score(images, logits, if_needed=True)
         _check_scores(scores, images.shape[0])
-        if needed:
+        if self.scores_needed:
             missing = torch.isnan(scores)
             if missing.all():
                 return self.score(images, logits)
@@ -496,10 +502,8 @@ class Guard:
         return weights
 
     def _batch(
-        self, images: torch.Tensor, logits: torch.Tensor, scores: torch.Tensor, weights: SampleWeights | None
+        self, images: torch.Tensor, logits: torch.Tensor, scores: torch.Tensor, weights: SampleWeights
     ) -> GuardedBatch:
-        if weights is None:
-            weights = SampleWeights.keep_all(images.shape[0], images.device)
         recalled = self._recall()
         if recalled is not None:
             count = recalled.shape[0]

@@ -24,34 +24,15 @@ Conventions that hold for every hook and component function:
   Pixel-unit budgets must be converted with ``normalization.pixel_to_input``.
 * ``logits`` are the teacher's float (B, K) outputs on those images.
 
-The call contract of each component kind:
-
-* **scorer** ``(images, logits, teacher, normalization, params)``: on every
-  synthetic batch the student will see (once per image for pooled adapters).
-  ``images`` and ``logits`` (B, K) are detached; reuse ``logits`` instead of
-  running the teacher again when the score needs only logits. Grad with
-  respect to inputs is enabled, for scores that attack the teacher. ``params`` is
-  an instance of the declared parameter model. Returns a float tensor (B,),
-  finite, higher = more OOD-like.
-* **weighting** ``(scores, logits, params)``: before each student step.
-  ``scores`` float (B,) from the scorer, higher = more OOD-like; ``logits``
-  float (B, K) teacher logits on the batch, detached. Returns
-  :class:`~dfkd_guard.sample_weights.SampleWeights`: ``kd`` float (B,) in
-  [0, 1] and ``forget`` bool (B,).
-* **penalty** ``(images, logits, teacher, normalization, params)``: inside
-  each synthesis step, before ``backward()``, once for every penalty in the
-  configuration. ``images`` *keep grad* to the generator (or the pixels being
-  optimised); ``logits`` keep grad to ``images`` (not to the teacher's
-  weights). Returns a scalar float tensor with grad to ``images``; lower is
-  better for the generator. The guard multiplies each result by the
-  penalty's configured weight and sums them.
-
-While a component function runs, the teacher is in eval mode, its parameters
-do not require grad and the forward hooks registered on its modules are
-suspended (an adapter's BatchNorm-statistics hooks keep the values of *its*
-last forward). All of this is restored afterwards; implementations must not
-change it themselves. An exception, a None result or a result that breaks
-the contract is a :class:`~dfkd_guard.errors.PluginError` naming the plugin.
+The call contract of each component kind (arguments, shapes, units, what it
+returns) is in :mod:`dfkd_guard.components`. While a component function
+runs, the teacher is in eval mode and its parameters do not require grad;
+the guard does not record the BatchNorm inputs of those forwards, so the
+loop's own record (:meth:`dfkd_guard.Guard.bn_loss`) is kept. Other forward
+hooks on the teacher do fire. All of this is restored afterwards;
+implementations must not change it themselves. An exception, a None result
+or a result that breaks the contract is a
+:class:`~dfkd_guard.errors.PluginError` naming the plugin.
 """
 
 from __future__ import annotations

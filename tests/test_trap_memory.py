@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dfkd_guard.adapters.base import student_step
 from torch import nn
 
 from dfkd_guard import Guard, GuardConfig, GuardedBatch
+from dfkd_guard.adapters.base import student_step
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.losses import uniform_divergence
 from dfkd_guard.trap_memory import TrapMemory

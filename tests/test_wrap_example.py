@@ -128,7 +128,6 @@ def test_wrapped_generator_loop_matches_the_vanilla_adapter(teacher_file: Path, 
     """Same teacher, seed and terms: the hand-wrapped loop and the adapter end with the same guard and student."""
     from dfkd_guard.adapters.training import train
     from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
-
     from dfkd_guard.bench.models import Generator, make_student, make_teacher
 
     example = load("wrap_existing_loop.py")

@@ -63,14 +63,14 @@ class OracleGuard(Guard):
         self, moments: Sequence[tuple[torch.Tensor, torch.Tensor]], *args: Any, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.moments = [(m.detach().clone(), v.detach().clone()) for m, v in moments]
+        layers = batchnorm_layers(self.teacher)
+        if len(layers) != len(moments):
+            raise ValueError(f"oracle moments for {len(moments)} BN layers, the teacher has {len(layers)}")
+        #: Per BN layer ``(mean, var)``, on the device and dtype of that layer's running statistics.
+        self.moments = [
+            (m.detach().to(layer.running_mean, copy=True), v.detach().to(layer.running_var, copy=True))  # type: ignore[arg-type]
+            for (m, v), layer in zip(moments, layers)
+        ]
 
     def bn_targets(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        layers = batchnorm_layers(self.teacher)
-        if len(layers) != len(self.moments):
-            raise ValueError(
-                f"oracle moments for {len(self.moments)} BN layers, the teacher has {len(layers)}"
-            )
-        return [
-            (m.to(layer.running_mean), v.to(layer.running_var)) for (m, v), layer in zip(self.moments, layers)
-        ]  # type: ignore[arg-type]
+        return list(self.moments)

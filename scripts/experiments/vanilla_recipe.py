@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dfkd_guard.adapters.training import train
-from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesizer
 
 from dfkd_guard import Guard, GuardConfig
+from dfkd_guard.adapters.training import train
+from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesizer
 from dfkd_guard.bench.data import build_setting
 from dfkd_guard.bench.metrics import OodProbe, collapse_rate, predict
 from dfkd_guard.bench.models import ConvNet, Generator

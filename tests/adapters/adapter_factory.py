@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from dfkd_guard.adapters.base import Synthesizer
-from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
-from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
 from torch import nn
 
 from dfkd_guard import Guard
+from dfkd_guard.adapters.base import Synthesizer
+from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
+from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
 from dfkd_guard.bench.models import ConvNet, Generator
 
 ADAPTERS = ("vanilla", "deepinversion", "cmi")

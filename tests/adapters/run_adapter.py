@@ -13,9 +13,9 @@ import os
 import signal
 
 import torch
-from dfkd_guard.adapters.training import train
 
 from dfkd_guard import Guard, GuardConfig, hookimpl
+from dfkd_guard.adapters.training import train
 from dfkd_guard.bench.models import ConvNet
 from tests.adapters.adapter_factory import ITERATIONS, make_adapter
 

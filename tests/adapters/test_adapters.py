@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+from dfkd_guard import Guard, GuardConfig, SampleWeights, hookimpl, penalty, scorer
 from dfkd_guard.adapters.checkpoint import load_checkpoint, save_atomic
 from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
 from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.adapters.training import train
 from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig, VanillaSynthesizer
-from torch import nn
-
-from dfkd_guard import Guard, GuardConfig, SampleWeights, hookimpl, penalty, scorer
 from dfkd_guard.bench.models import ConvNet, Generator
 from dfkd_guard.weightings import SplitParams, ood_mask
 from tests.adapters.adapter_factory import ADAPTERS, ITERATIONS, make_adapter

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from dfkd_guard.adapters.cmi import CMIConfig, CMISynthesizer, FeatureBank, random_resized_crop
-from dfkd_guard.adapters.training import train
 from torch import nn
 
 from dfkd_guard import Component, Guard, GuardConfig, hookimpl
+from dfkd_guard.adapters.cmi import CMIConfig, CMISynthesizer, FeatureBank, random_resized_crop
+from dfkd_guard.adapters.training import train
 from dfkd_guard.bench.models import ConvNet, Generator
 
 SHAPE = (3, 16, 16)
