@@ -15,7 +15,9 @@ and each guarded loop's ratio to the plain one:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import statistics
 import time
 from pathlib import Path
@@ -58,9 +60,12 @@ def main() -> None:
             synthesizer.guard.close()
             synthesizer.guard = Guard(config, teacher)
         optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
-        return lambda steps: module.train(
-            synthesizer, teacher, student, optimizer, steps, log_every=10**9
-        ), synthesizer
+
+        def step(steps: int) -> None:
+            with contextlib.redirect_stdout(io.StringIO()):  # the example's progress lines
+                module.train(synthesizer, teacher, student, optimizer, steps, log_every=10**9)
+
+        return step, synthesizer
 
     runs = {
         "plain": loop(plain, None),
