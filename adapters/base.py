@@ -28,6 +28,7 @@ from torch import nn
 
 from dfkd_guard import Guard, GuardedBatch
 from dfkd_guard.bn_statistics import batchnorm_layers
+from dfkd_guard.inputs import check_images, check_logits, teacher_logits
 
 __all__ = ["SynthesisResult", "Synthesizer", "student_step"]
 
@@ -92,14 +93,15 @@ class Synthesizer(ABC):
         probe = torch.zeros(2, *self.image_shape, device=self.device)
         was_training = self.student.training
         with torch.no_grad():
-            t_out = self.teacher(probe)
+            t_out = teacher_logits(self.teacher, probe)
             self.student.eval()
-            s_out = self.student(probe)
-        self.student.train(was_training)
-        if t_out.ndim != 2 or s_out.ndim != 2:
-            raise ValueError(
-                f"teacher and student must return logits (B, K); got {tuple(t_out.shape)} and {tuple(s_out.shape)}"
-            )
+            try:
+                s_out = self.student(probe)
+            finally:
+                self.student.train(was_training)
+        check_logits(
+            s_out, 2, f"the student's ({type(self.student).__name__}) output on {self.image_shape} images"
+        )
         if t_out.shape[1] != s_out.shape[1]:
             raise ValueError(
                 f"the student predicts {s_out.shape[1]} classes but the teacher {t_out.shape[1]}; they must agree"
@@ -112,10 +114,27 @@ class Synthesizer(ABC):
 
     def check_images(self, images: torch.Tensor, source: str) -> None:
         """Raise a clear error when synthesised images do not fit the teacher."""
+        check_images(images, f"the images {source} produced")
         if tuple(images.shape[1:]) != self.image_shape:
             raise ValueError(
                 f"{source} produced images of shape {tuple(images.shape[1:])}, but the teacher takes {self.image_shape}"
             )
+
+    def probe_generator(self, generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        """``generator(z)`` in eval mode without grad (its mode restored), checked to be images that fit the teacher.
+
+        :param z: latent codes (B, latent_dim) on ``device``.
+        :returns: float (B, C, H, W) pixels.
+        """
+        was_training = generator.training
+        generator.eval()
+        try:
+            with torch.no_grad():
+                pixels = generator(z)
+        finally:
+            generator.train(was_training)
+        self.check_images(pixels, "the generator")
+        return pixels
 
     def guarded_batch(self, images: torch.Tensor, scores: torch.Tensor | None = None) -> GuardedBatch:
         """The teacher's logits on ``images`` and the guard's decision on them (:meth:`Guard.student_batch`).
@@ -134,6 +153,16 @@ class Synthesizer(ABC):
             raise ValueError(
                 f"the teacher ({type(self.teacher).__name__}) has no BatchNorm layer with running statistics; {why}"
             )
+
+    def trained_parts(self) -> dict[str, nn.Module | torch.optim.Optimizer]:
+        """The adapter's own networks and optimisers (generator, heads), by attribute name."""
+        return {
+            name: value
+            for name, value in sorted(vars(self).items())
+            if not name.startswith("_")
+            and name not in ("teacher", "student")
+            and isinstance(value, (nn.Module, torch.optim.Optimizer))
+        }
 
     @abstractmethod
     def synthesize(self) -> SynthesisResult:

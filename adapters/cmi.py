@@ -255,14 +255,10 @@ class CMISynthesizer(Synthesizer):
         self.latent_dim = latent_dim
         self.initial_generator = _clone_state(self.generator.state_dict())
         self.require_batchnorm("CMI's instance features are BN-layer statistics")
-        was_training = self.generator.training
-        self.generator.eval()
+        pixels = self.probe_generator(self.generator, torch.zeros(2, latent_dim, device=self.device))
         with torch.no_grad():
-            images = self._images(torch.zeros(2, latent_dim, device=self.device))
-            self.check_images(images, "the generator")
-            self.teacher(images)
+            self.teacher(self.guard.config.normalization.normalize(pixels))
             feature_dim = self._instance_features().shape[1]
-        self.generator.train(was_training)
         self.head = ProjectionHead(feature_dim, self.config.head_dim).to(self.device)
         self.head_optimizer = torch.optim.Adam(
             self.head.parameters(), lr=self.config.head_lr or self.config.generator_lr

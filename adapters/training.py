@@ -5,8 +5,14 @@ Each iteration calls ``synthesizer.synthesize()`` once, then runs
 scheduler, and reports the iteration's metrics to the guard's observers.
 Every ``checkpoint_every`` iterations the whole state (synthesizer, guard, student,
 optimiser, scheduler, RNG states, history, step counter) is written
-atomically; a run started with an existing checkpoint resumes from it and
-ends with the same student as an uninterrupted run (CPU, same seed).
+atomically with its digest and the run's fingerprint
+(:mod:`dfkd_guard.adapters.fingerprint`); a run started with an existing
+checkpoint resumes from it and ends with the same student as an
+uninterrupted run (CPU, same seed). A checkpoint of a different run (any
+fingerprint field differs), a corrupt one, or one whose weights are not
+finite is refused with a :class:`~dfkd_guard.errors.CheckpointError` naming
+the file and the differing fields. ``extend=True`` continues a run on purpose
+with more iterations, replaying the scheduler on the new budget.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +30,13 @@ import torch
 
 from dfkd_guard.adapters.base import Synthesizer, student_step
 from dfkd_guard.adapters.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from dfkd_guard.adapters.fingerprint import EXTENSIBLE, differences, run_fingerprint
+from dfkd_guard.errors import CheckpointError
+from dfkd_guard.serialization import non_finite_tensors
 
 __all__ = ["TrainResult", "train"]
 
-CHECKPOINT_FORMAT = 7  # 4: the vanilla replay pool holds teacher logits; 5: the guard state holds the trap memory; 7: the guard state is the BN prior and the trap memory alone (0.2)
+CHECKPOINT_FORMAT = 8  # 4: the vanilla replay pool holds teacher logits; 5: the guard state holds the trap memory; 7: the guard state is the BN prior and the trap memory alone (0.2); 8: the run fingerprint
 
 
 @dataclass
@@ -61,6 +71,7 @@ def train(
     progress: TextIO | bool = True,
     log_every: int = 10,
     label: str = "",
+    extend: bool = False,
 ) -> TrainResult:
     """Train ``synthesizer.student`` for ``iterations`` DFKD iterations.
 
@@ -75,6 +86,12 @@ def train(
         (looked up at call time), a stream, or False for silence.
     :param log_every: iterations between progress lines.
     :param label: prefix of every progress line (e.g. the run's name when several runs share a terminal).
+    :param extend: resume a checkpoint whose run had a different ``iterations``
+        (and so a different schedule, e.g. a cosine ``T_max``): the scheduler
+        given here is replayed to the checkpoint's iteration, as if this budget
+        had been set from the start. Every other difference is still refused.
+    :raises CheckpointError: the checkpoint is corrupt, not finite, or from a
+        different run; the message names the file and each differing field.
     """
     if iterations < 0 or kd_steps < 1 or checkpoint_every < 1:
         raise ValueError(
@@ -85,8 +102,11 @@ def train(
     result = TrainResult()
     start = 0
     path = Path(checkpoint_path) if checkpoint_path is not None else None
+    fingerprint = run_fingerprint(synthesizer, optimizer, scheduler, iterations, kd_steps)
     if path is not None and path.exists():
-        start = _restore(load_checkpoint(path), path, synthesizer, optimizer, scheduler, result)
+        state = load_checkpoint(path)
+        _check_same_run(state, path, fingerprint, extend)
+        start = _restore(state, path, synthesizer, optimizer, scheduler, result, replay_schedule=extend)
         _say(stream, f"{prefix}resumed from {path} at iteration {start}/{iterations}")
     busy = 0.0  # seconds spent in iterations, without evaluation and checkpoint writes
     for step in range(start, iterations):
@@ -112,7 +132,7 @@ def train(
             shown = " | ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k in _SHOWN)
             _say(stream, f"{prefix}iter {done}/{iterations} | {shown} | {rate:.2f} s/it")
         if path is not None and (done % checkpoint_every == 0 or done == iterations):
-            save_atomic(_state(done, synthesizer, optimizer, scheduler, result), path)
+            save_atomic(_state(done, fingerprint, synthesizer, optimizer, scheduler, result), path)
     if iterations > start:
         result.seconds_per_iteration = busy / (iterations - start)
     return result
@@ -128,6 +148,7 @@ def _say(stream: TextIO | None, line: str) -> None:
 
 def _state(
     done: int,
+    fingerprint: dict[str, Any],
     synthesizer: Synthesizer,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
@@ -136,6 +157,7 @@ def _state(
     return {
         "format": CHECKPOINT_FORMAT,
         "iteration": done,
+        "fingerprint": fingerprint,
         "synthesizer": synthesizer.state_dict(),
         "guard": synthesizer.guard.state_dict(),
         "student": synthesizer.student.state_dict(),
@@ -147,6 +169,41 @@ def _state(
     }
 
 
+def _check_same_run(state: dict[str, Any], path: Path, fingerprint: dict[str, Any], extend: bool) -> None:
+    """Refuse a checkpoint of another format or run (``extend``: a longer budget is allowed)."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            path, f"checkpoint format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}"
+        )
+    saved = state.get("fingerprint")
+    if not isinstance(saved, dict):
+        raise CheckpointError(path, "the checkpoint has no run fingerprint")
+    changed = differences(saved, fingerprint)
+    if extend:
+        changed = [
+            line for line in changed if not line.startswith(EXTENSIBLE) or line.startswith("scheduler.kind")
+        ]
+        done, wanted = int(state["iteration"]), fingerprint["iterations"]
+        if wanted < done:
+            raise CheckpointError(
+                path, f"cannot extend to {wanted} iterations: the checkpoint has done {done}", ("iterations",)
+            )
+    if changed:
+        fields = tuple(line.split(":", 1)[0] for line in changed)
+        shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
+        hint = (
+            " (train(..., extend=True) continues a run with more iterations)"
+            if fields == ("iterations",) or all(f.startswith(EXTENSIBLE) for f in fields)
+            else ""
+        )
+        raise CheckpointError(
+            path,
+            f"the checkpoint belongs to a different run; {len(changed)} setting(s) differ: {shown}. "
+            f"Use another checkpoint path for a new run{hint}",
+            fields,
+        )
+
+
 def _restore(
     state: dict[str, Any],
     path: Path,
@@ -154,23 +211,42 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     result: TrainResult,
+    replay_schedule: bool,
 ) -> int:
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path}: checkpoint format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}"
+    done = int(state["iteration"])
+    fresh_schedule = scheduler.state_dict() if scheduler is not None else None
+    initial_lrs = [group["lr"] for group in optimizer.param_groups]
+    try:
+        synthesizer.load_state_dict(state["synthesizer"])
+        synthesizer.guard.load_state_dict(state["guard"])
+        synthesizer.student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and not replay_schedule:
+            scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        result.history = list(state["history"])
+        result.evaluations = [(int(i), dict(m)) for i, m in state["evaluations"]]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(path, f"cannot restore the run from it: {type(exc).__name__}: {exc}") from exc
+    if scheduler is not None and replay_schedule:
+        for group, lr in zip(optimizer.param_groups, initial_lrs):
+            group["lr"] = lr
+        scheduler.load_state_dict(fresh_schedule)  # type: ignore[arg-type]
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no step is taken
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(done):
+                scheduler.step()
+    bad = non_finite_tensors(
+        {
+            "student": synthesizer.student.state_dict(),
+            "optimizer": optimizer.state_dict()["state"],
+            **{f"adapter.{name}": part.state_dict() for name, part in synthesizer.trained_parts().items()},
+        }
+    )
+    if bad:
+        raise CheckpointError(
+            path,
+            f"it holds NaN or Inf in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; refusing to resume",
         )
-    synthesizer.load_state_dict(state["synthesizer"])
-    synthesizer.guard.load_state_dict(state["guard"])
-    synthesizer.student.load_state_dict(state["student"])
-    optimizer.load_state_dict(state["optimizer"])
-    if (scheduler is None) != (state["scheduler"] is None):
-        raise ValueError(
-            f"{path}: checkpoint was written {'with' if state['scheduler'] else 'without'} a scheduler"
-        )
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    result.history = list(state["history"])
-    result.evaluations = [(int(i), dict(m)) for i, m in state["evaluations"]]
     result.skipped = synthesizer.skipped
-    return int(state["iteration"])
+    return done

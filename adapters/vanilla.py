@@ -120,10 +120,7 @@ class VanillaSynthesizer(Synthesizer):
             if self.config.act > 0
             else None
         )
-        was_training = self.generator.training
-        with torch.no_grad():
-            self.check_images(self._images(2, train=False), "the generator")
-        self.generator.train(was_training)
+        self.probe_generator(self.generator, torch.randn(2, self.latent_dim).to(self.device))
 
     def _keep_features(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         self._features = inputs[0]

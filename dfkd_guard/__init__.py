@@ -11,10 +11,11 @@ See :mod:`dfkd_guard.guard` for a DFKD loop with the guard and
 
 from dfkd_guard.components import Component, NoParams, penalty, scorer, weighting
 from dfkd_guard.config import ComponentChoice, ForgetConfig, GuardConfig, PenaltyChoice
-from dfkd_guard.errors import ConfigError, DfkdGuardError, PluginError
+from dfkd_guard.errors import CheckpointError, ConfigError, DfkdGuardError, PluginError
 from dfkd_guard.guard import Guard
 from dfkd_guard.guarded_batch import GuardedBatch
 from dfkd_guard.hookspecs import hookimpl, hookspec
+from dfkd_guard.logits_of import LogitsOf
 from dfkd_guard.normalization import Normalization
 from dfkd_guard.plugins import PluginRegistry
 from dfkd_guard.sample_weights import SampleWeights
@@ -22,6 +23,7 @@ from dfkd_guard.sample_weights import SampleWeights
 __version__ = "0.2.0"
 
 __all__ = [
+    "CheckpointError",
     "Component",
     "ComponentChoice",
     "ConfigError",
@@ -30,6 +32,7 @@ __all__ = [
     "Guard",
     "GuardConfig",
     "GuardedBatch",
+    "LogitsOf",
     "NoParams",
     "Normalization",
     "PenaltyChoice",

@@ -6,7 +6,7 @@ plugin and hook whose result was wrong.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DfkdGuardError", "PluginError"]
+__all__ = ["CheckpointError", "ConfigError", "DfkdGuardError", "PluginError"]
 
 
 class DfkdGuardError(Exception):
@@ -38,3 +38,16 @@ class PluginError(DfkdGuardError):
         self.plugin = plugin
         self.hook = hook
         super().__init__(f"plugin {plugin!r}, hook {hook}: {message}")
+
+
+class CheckpointError(DfkdGuardError, ValueError):
+    """A checkpoint or cache file cannot be used: missing, corrupt, or from a different run.
+
+    ``path`` is the file; ``fields`` lists the run settings that differ from
+    the checkpoint's (empty when the file itself is the problem).
+    """
+
+    def __init__(self, path: object, message: str, fields: tuple[str, ...] = ()) -> None:
+        self.path = str(path)
+        self.fields = tuple(fields)
+        super().__init__(f"{path}: {message}")

@@ -46,9 +46,11 @@ from torch import nn
 
 from dfkd_guard.bn_prior import BNPrior
 from dfkd_guard.bn_statistics import BNRecorder, batchnorm_layers, bn_matching_loss
+from dfkd_guard.components import ComponentKind
 from dfkd_guard.config import GuardConfig
 from dfkd_guard.errors import PluginError
 from dfkd_guard.guarded_batch import GuardedBatch
+from dfkd_guard.inputs import check_images, check_logits, check_scores, check_usable, teacher_logits
 from dfkd_guard.plugins import PluginRegistry
 from dfkd_guard.sample_weights import SampleWeights
 from dfkd_guard.teacher_state import scoring_mode
@@ -58,40 +60,6 @@ from dfkd_guard.weightings import ood_mask
 __all__ = ["Guard"]
 
 logger = logging.getLogger("dfkd_guard")
-
-
-def _check_images(images: torch.Tensor, name: str = "images") -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        got = (
-            f"{images.dtype} tensor of shape {tuple(images.shape)}"
-            if isinstance(images, torch.Tensor)
-            else type(images).__name__
-        )
-        raise ValueError(f"{name} must be a float tensor (B, C, H, W), got {got}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)})")
-
-
-def _check_scores(scores: torch.Tensor, batch: int) -> None:
-    if (
-        not isinstance(scores, torch.Tensor)
-        or tuple(scores.shape) != (batch,)
-        or not scores.is_floating_point()
-    ):
-        got = (
-            f"{scores.dtype} {tuple(scores.shape)}"
-            if isinstance(scores, torch.Tensor)
-            else type(scores).__name__
-        )
-        raise ValueError(f"scores must be a float tensor ({batch},), one per image, got {got}")
-
-
-def _check_logits(logits: torch.Tensor, batch: int, name: str = "teacher_logits") -> None:
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(
-            f"{name} must be a float tensor ({batch}, K), the teacher's logits on the images, got {got}"
-        )
 
 
 class Guard:
@@ -246,24 +214,17 @@ class Guard:
         :returns: scalar tensor (zero when no penalty is configured or the
             guard is disabled); grad flows to ``images`` only, never to the teacher.
         """
-        _check_images(images)
+        check_images(images)
         total = images.new_zeros(())
         if not self.enabled or not self.resolved.penalties:
             return total
+        self._check_usable(images)
         with self._quiet(), torch.enable_grad():
             if logits is None:
-                logits = self.teacher(images)
-            _check_logits(logits, images.shape[0], "logits")
+                logits = teacher_logits(self.teacher, images)
+            check_logits(logits, images.shape[0], "logits", finite=True)
             for choice in self.resolved.penalties:
-                value = self.registry.call_component(
-                    "penalty",
-                    choice.name,
-                    params=choice.params,
-                    images=images,
-                    logits=logits,
-                    teacher=self.teacher,
-                    normalization=self.config.normalization,
-                )
+                value = self._call_on_teacher("penalty", choice.name, choice.params, images, logits)
                 plugin = self.registry.provider("penalty", choice.name)
                 if not isinstance(value, torch.Tensor) or value.ndim != 0:
                     got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -292,8 +253,7 @@ class Guard:
             replay), NaN where unscored; None: scored here if needed.
         :returns: a :class:`GuardedBatch`; run the student on its ``images``.
         """
-        _check_images(images)
-        _check_logits(teacher_logits, images.shape[0])
+        self._check_batch(images, teacher_logits)
         scores = self._complete(images, teacher_logits, scores)
         self._observe(images, scores)
         return self._weigh(images.detach(), teacher_logits.detach(), scores)
@@ -315,28 +275,26 @@ class Guard:
         :raises ValueError: ``images`` or ``logits`` do not fit.
         :raises PluginError: the scorer raised or returned a wrong shape / NaN.
         """
-        _check_images(images)
-        batch = images.shape[0]
+        check_images(images)
         if not (self.scores_needed if if_needed else self.enabled):
-            return images.new_full((batch,), math.nan, dtype=torch.float32)
-        if not torch.isfinite(images).all():
-            raise ValueError("images contain NaN or Inf; the guard scores only finite images")
+            return images.new_full((images.shape[0],), math.nan, dtype=torch.float32)
+        self._check_usable(images)
+        if logits is not None:
+            check_logits(logits, images.shape[0], "logits", finite=True)
+        return self._score(images, logits)
+
+    def _score(self, images: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
+        """Run the scorer on checked images (and logits, if given)."""
+        batch = images.shape[0]
         images = images.detach()
         with self._quiet():
             if logits is None:
                 with torch.no_grad():
-                    logits = self.teacher(images)
-            _check_logits(logits, batch, "logits")
+                    logits = teacher_logits(self.teacher, images)
             logits = logits.detach()
             with torch.enable_grad():
-                scores = self.registry.call_component(
-                    "scorer",
-                    self.resolved.scorer.name,
-                    params=self.resolved.scorer.params,
-                    images=images,
-                    logits=logits,
-                    teacher=self.teacher,
-                    normalization=self.config.normalization,
+                scores = self._call_on_teacher(
+                    "scorer", self.resolved.scorer.name, self.resolved.scorer.params, images, logits
                 )
         scores = self._checked_scores(scores, batch)
         self.registry.notify(
@@ -361,8 +319,7 @@ class Guard:
         :returns: float (B,) scores, NaN where none was needed.
         :raises ValueError: a shape does not fit, or the teacher is in train mode.
         """
-        _check_images(images)
-        _check_logits(teacher_logits, images.shape[0])
+        self._check_batch(images, teacher_logits)
         scores = self._complete(images, teacher_logits, scores)
         self._observe(images, scores)
         return scores
@@ -381,8 +338,7 @@ class Guard:
         :param scores: float (B,) OOD scores (from :meth:`observe` or stored), or None.
         :raises PluginError: the weighting raised or broke the contract.
         """
-        _check_images(images)
-        _check_logits(teacher_logits, images.shape[0])
+        self._check_batch(images, teacher_logits)
         images, teacher_logits = images.detach(), teacher_logits.detach()
         return self._weigh(images, teacher_logits, self._complete(images, teacher_logits, scores))
 
@@ -420,6 +376,35 @@ class Guard:
             stack.enter_context(self._recorder.paused())
         return stack
 
+    def _check_usable(self, images: torch.Tensor) -> None:
+        check_usable(images, self.teacher, self.config.normalization)
+
+    def _call_on_teacher(
+        self, kind: ComponentKind, name: str, params: Any, images: torch.Tensor, logits: torch.Tensor
+    ) -> Any:
+        """Call a scorer or penalty; if it fails, first rule out a teacher that does not return logits."""
+        try:
+            return self.registry.call_component(
+                kind,
+                name,
+                params=params,
+                images=images,
+                logits=logits,
+                teacher=self.teacher,
+                normalization=self.config.normalization,
+            )
+        except PluginError:
+            with torch.no_grad():  # the caller's teacher, not the plugin, when it returns a tuple
+                teacher_logits(self.teacher, images[:1].detach(), "images[:1]")
+            raise
+
+    def _check_batch(self, images: torch.Tensor, logits: torch.Tensor) -> None:
+        """A student batch's images and teacher logits, checked in full only when the guard uses them."""
+        check_images(images)
+        check_logits(logits, images.shape[0], finite=self.enabled)
+        if self.enabled:
+            self._check_usable(images)
+
     def _require_bn(self) -> BNRecorder:
         if self._recorder is None:
             raise ValueError(
@@ -442,7 +427,7 @@ class Guard:
         recorder = self._require_bn()
         if not recorder.holds(images):
             with torch.no_grad():
-                self.teacher(images)
+                teacher_logits(self.teacher, images)
         return recorder.recorded()
 
     def _observe(self, images: torch.Tensor, scores: torch.Tensor) -> None:
@@ -474,16 +459,22 @@ class Guard:
         self, images: torch.Tensor, logits: torch.Tensor, scores: torch.Tensor | None
     ) -> torch.Tensor:
         """``scores`` with every entry the guard needs filled in (NaN elsewhere); no scorer runs when none is needed."""
+        if scores is not None:
+            check_scores(scores, images.shape[0])
+        if not self.scores_needed:
+            return (
+                scores
+                if scores is not None
+                else images.new_full((images.shape[0],), math.nan, dtype=torch.float32)
+            )
         if scores is None:
-            return self.score(images, logits, if_needed=True)
-        _check_scores(scores, images.shape[0])
-        if self.scores_needed:
-            missing = torch.isnan(scores)
-            if missing.all():
-                return self.score(images, logits)
-            if missing.any():
-                scores = scores.clone()
-                scores[missing] = self.score(images[missing], logits[missing]).to(scores)
+            return self._score(images, logits)
+        missing = torch.isnan(scores)
+        if missing.all():
+            return self._score(images, logits)
+        if missing.any():
+            scores = scores.clone()
+            scores[missing] = self._score(images[missing], logits[missing]).to(scores)
         return scores
 
     def _weighting(self, scores: torch.Tensor, logits: torch.Tensor) -> SampleWeights:

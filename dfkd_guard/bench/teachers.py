@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from dfkd_guard.errors import CheckpointError
 from dfkd_guard.serialization import load_plain, save_atomic
 
 from .data import Domain, Setting, SettingName, build_setting
@@ -59,7 +60,9 @@ __all__ = [
     "train_teacher",
 ]
 
-CODE_VERSION = "dfkd_guard.bench.teachers/1"
+CODE_VERSION = (
+    "dfkd_guard.bench.teachers/2"  # 2: cache files carry their digest; one SL key for every setting
+)
 """Part of every cache key: bump it whenever training code changes its result."""
 
 TeacherKind = Literal["sl", "ntl", "ntl_backdoor"]
@@ -255,28 +258,42 @@ def _train(config: TeacherConfig, data: Setting, device: str | torch.device) -> 
 # ----------------------------------------------------------------------- cache
 
 
-def _data_fingerprint(data: Setting) -> str:
+def _data_fingerprint(data: Setting, ood: bool = True) -> str:
     digest = hashlib.sha256()
-    for domain in (data.id_train, data.ood_train):
+    for domain in (data.id_train, data.ood_train) if ood else (data.id_train,):
         for tensor in (domain.images, domain.labels):
             digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
             digest.update(tensor.detach().cpu().contiguous().numpy())
     return digest.hexdigest()
 
 
+#: Config fields an SL teacher does not depend on: it never sees the setting's OOD data.
+_SL_INDEPENDENT = frozenset({"setting", "data_seed", "target_class"})
+
+
 def teacher_cache_key(config: TeacherConfig, data: Setting) -> str:
-    """SHA-256 hex key of :data:`CODE_VERSION`, the config's JSON and the training data."""
+    """SHA-256 hex key of :data:`CODE_VERSION`, the config's JSON and the training data it uses.
+
+    An SL teacher is keyed on its ID training images and the config without
+    the setting, so one SL teacher serves every setting with the same ID data.
+    """
     digest = hashlib.sha256()
     digest.update(CODE_VERSION.encode())
-    digest.update(config.model_dump_json().encode())
-    digest.update(_data_fingerprint(data).encode())
+    sl = config.kind == "sl"
+    digest.update(config.model_dump_json(exclude=set(_SL_INDEPENDENT) if sl else None).encode())
+    digest.update(_data_fingerprint(data, ood=not sl).encode())
     return digest.hexdigest()
+
+
+def _cache_path(config: TeacherConfig, cache_dir: Path, key: str) -> Path:
+    setting = "" if config.kind == "sl" else f"-{config.setting}"
+    return cache_dir / f"teacher-{config.kind}{setting}-{key[:16]}.pt"
 
 
 def _load_state(path: Path, device: str | torch.device) -> dict[str, Tensor]:
     state = load_plain(path, "teacher cache file")
     if not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: teacher cache file does not hold a state dict of tensors")
+        raise CheckpointError(path, "the teacher cache file does not hold a state dict of tensors")
     return {k: v.to(device) for k, v in state.items()}
 
 
@@ -290,6 +307,7 @@ def load_or_train_teacher(
     """Return the teacher for ``config``, training and caching it on a miss.
 
     The cache file is ``<cache_dir>/teacher-<kind>-<setting>-<key[:16]>.pt``
+    (``teacher-sl-<key[:16]>.pt`` for SL teachers, shared by the settings)
     with ``key = teacher_cache_key(config, data)``: a change of config, data or
     :data:`CODE_VERSION` misses the cache. It is written atomically (temp file
     in the same folder, then :func:`os.replace`) and read with
@@ -307,8 +325,8 @@ def load_or_train_teacher(
         The teacher in eval mode.
 
     Raises:
-        ValueError: an existing cache file is not a plain state dict of this
-            architecture (the message names the file); it is left untouched.
+        CheckpointError: an existing cache file is corrupt or not a plain state
+            dict of this architecture (the message names the file); it is left untouched.
     """
     if data is None:
         data = build_setting(
@@ -317,13 +335,15 @@ def load_or_train_teacher(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = teacher_cache_key(config, data)
-    path = cache_dir / f"teacher-{config.kind}-{config.setting}-{key[:16]}.pt"
-    if path.is_file():
+    path = _cache_path(config, cache_dir, key)
+    if path.exists():
         model = ConvNet(config.widths, config.num_classes).to(device)
         try:
             model.load_state_dict(_load_state(path, device))
         except RuntimeError as exc:
-            raise ValueError(f"{path}: cached state dict does not fit the configured teacher: {exc}") from exc
+            raise CheckpointError(
+                path, f"the cached state dict does not fit the configured teacher: {exc}"
+            ) from None
         if verbose:
             print(f"teacher cache hit: {path}")
         return model.eval()

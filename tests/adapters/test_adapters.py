@@ -133,8 +133,8 @@ def test_disabled_guard_calls_no_method_hook_and_keeps_every_sample(teacher, ada
 def test_no_scorer_runs_after_an_ordinary_verdict_with_the_default_weighting(teacher, adapter) -> None:
     torch.manual_seed(0)
     spy = Spy()
-    # two observed batches decide, and no teacher separates its groups by 1e9: ordinary
-    prior = {"skip_batches": 0, "warmup_batches": 2, "ntl_separation": 1e9}
+    # two observed batches decide, and no teacher separates its groups by 100 (NTL ones: about 1): ordinary
+    prior = {"skip_batches": 0, "warmup_batches": 2, "ntl_separation": 100.0}
     guard = Guard(GuardConfig(scorer="spy", bn_prior=prior), teacher, plugins=[spy], load_entrypoints=False)
     assert guard.resolved.weighting.name == "none" and guard.scores_needed
     synthesizer, _, _ = make_adapter(adapter, teacher, guard)

@@ -167,7 +167,9 @@ def test_resume_gives_the_uninterrupted_student(tmp_path: Path) -> None:
         GUARD_ON, seed=1
     )  # other initial weights: the checkpoint replaces them
     torch.manual_seed(123)  # the checkpoint, not the caller's RNG, decides what follows
-    result = train(resumed, resumed_optimizer, 4, kd_steps=2, checkpoint_path=checkpoint, progress=False)
+    result = train(
+        resumed, resumed_optimizer, 4, kd_steps=2, checkpoint_path=checkpoint, progress=False, extend=True
+    )  # continued on purpose: the first run's budget was 2
     assert len(result.history) == 4
     got = resumed.student.state_dict()
     assert all(torch.equal(got[k], expected[k]) for k in expected)

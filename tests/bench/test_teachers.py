@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pydantic
 import pytest
 import torch
 
+from dfkd_guard import CheckpointError
 from dfkd_guard.bench import teachers
 from dfkd_guard.bench.data import Domain, Setting, add_trigger
 from dfkd_guard.bench.models import ConvNet, Generator, make_student, make_teacher
@@ -21,6 +23,7 @@ from dfkd_guard.bench.teachers import (
     teacher_cache_key,
     train_teacher,
 )
+from dfkd_guard.serialization import save_atomic
 
 TINY = {"widths": (4, 8), "steps": 3, "batch_size": 8, "shift": 1}
 
@@ -204,6 +207,44 @@ def test_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert teacher_cache_key(config.model_copy(update={"seed": 1}), data) != teacher_cache_key(config, data)
 
 
+def test_one_sl_teacher_serves_every_setting_and_ntl_teachers_do_not() -> None:
+    data = tiny_setting()
+    other_ood = dataclasses.replace(data, ood_train=data.id_test)
+    sl = TeacherConfig(kind="sl", **TINY)
+    for setting in ("rotated_mnist", "fashion", "backdoor"):
+        again = sl.model_copy(update={"setting": setting, "data_seed": 3})
+        assert teacher_cache_key(again, other_ood) == teacher_cache_key(sl, data)
+    ntl = TeacherConfig(kind="ntl", **TINY)
+    assert teacher_cache_key(ntl, other_ood) != teacher_cache_key(ntl, data)
+    assert teacher_cache_key(ntl.model_copy(update={"setting": "fashion"}), data) != teacher_cache_key(
+        ntl, data
+    )
+    assert teacher_cache_key(sl.model_copy(update={"image_size": 16}), data) != teacher_cache_key(sl, data)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "not a loadable teacher cache file"),
+        (b"PK\x03\x04 truncated zip", "not a loadable teacher cache file"),
+        (None, "does not fit the configured teacher"),
+    ],
+    ids=["empty", "truncated", "other-architecture"],
+)
+def test_a_bad_cache_file_is_one_named_error(tmp_path: Path, content: bytes | None, reason: str) -> None:
+    data = tiny_setting()
+    config = TeacherConfig(kind="sl", **TINY)
+    path = tmp_path / f"teacher-sl-{teacher_cache_key(config, data)[:16]}.pt"
+    if content is None:
+        save_atomic({"head.weight": torch.zeros(3, 3)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=reason) as caught:
+        load_or_train_teacher(config, tmp_path, data=data)
+    assert caught.value.path == str(path)
+    assert caught.value.__cause__ is None
+
+
 class _Payload:
     """Unpickling this would create a marker file."""
 
@@ -218,7 +259,7 @@ def test_cache_refuses_pickled_object(tmp_path: Path, monkeypatch: pytest.Monkey
     data = tiny_setting()
     config = TeacherConfig(kind="sl", **TINY)
     key = teacher_cache_key(config, data)
-    path = tmp_path / f"teacher-sl-mnist_m-{key[:16]}.pt"
+    path = tmp_path / f"teacher-sl-{key[:16]}.pt"
     marker = tmp_path / "code-was-executed"
     torch.save({"head.weight": _Payload(marker)}, path)
     monkeypatch.setattr(teachers, "train_teacher", lambda *a, **k: pytest.fail("should not retrain"))
