@@ -16,14 +16,22 @@ serves the synthesis loss and the guard's BN prior.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["BNRecorder", "BatchNorm", "batchnorm_layers", "bn_matching_loss", "layer_moments"]
+__all__ = [
+    "BNRecorder",
+    "BatchNorm",
+    "batchnorm_layers",
+    "bn_matching_loss",
+    "layer_moments",
+    "recording_paused",
+]
 
 BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -64,6 +72,19 @@ def bn_matching_loss(
     return torch.stack(losses).sum()
 
 
+#: The live recorders of each teacher, so that one guard's scoring pauses every guard's record.
+_RECORDERS: weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet[BNRecorder]] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def recording_paused(teacher: nn.Module) -> Iterator[None]:
+    """Forwards inside the block are recorded by none of the recorders on ``teacher`` (each keeps its record)."""
+    with ExitStack() as stack:
+        for recorder in list(_RECORDERS.get(teacher, ())):
+            stack.enter_context(recorder.paused())
+        yield
+
+
 class BNRecorder:
     """Forward hooks that keep the input of every BatchNorm layer in the teacher's last forward.
 
@@ -80,6 +101,7 @@ class BNRecorder:
         if not layers:
             raise ValueError(f"{type(teacher).__name__} has no BatchNorm layer with running statistics")
         self.layers = list(layers)
+        _RECORDERS.setdefault(teacher, weakref.WeakSet()).add(self)
         self.inputs: list[torch.Tensor | None] = [None] * len(self.layers)
         self.last_input: torch.Tensor | None = None
         self._recording = True
@@ -135,6 +157,11 @@ class BNRecorder:
             yield
         finally:
             self._recording = was_recording
+
+    @property
+    def removed(self) -> bool:
+        """True once :meth:`remove` took the hooks off the teacher."""
+        return not self._handles
 
     def remove(self) -> None:
         """Remove the hooks from the teacher and drop the recorded tensors."""

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from dfkd_guard.bn_prior import BNPrior
-from dfkd_guard.bn_statistics import BNRecorder, batchnorm_layers, bn_matching_loss
+from dfkd_guard.bn_statistics import BNRecorder, batchnorm_layers, bn_matching_loss, recording_paused
 from dfkd_guard.components import ComponentKind
 from dfkd_guard.config import GuardConfig
 from dfkd_guard.errors import PluginError
@@ -372,8 +372,9 @@ class Guard:
         """Eval mode, frozen weights and no BN recording: the teacher forwards of scores and penalties."""
         stack = ExitStack()
         stack.enter_context(scoring_mode(self.teacher))
-        if self._recorder is not None:
-            stack.enter_context(self._recorder.paused())
+        stack.enter_context(
+            recording_paused(self.teacher)
+        )  # every guard's record on this teacher, not only ours
         return stack
 
     def _check_usable(self, images: torch.Tensor) -> None:
@@ -410,6 +411,11 @@ class Guard:
             raise ValueError(
                 f"the teacher ({type(self.teacher).__name__}) has no BatchNorm layer with running statistics: "
                 "there are no BN statistics to match (drop the BN term from the synthesis loss)"
+            )
+        if self._recorder.removed:
+            raise RuntimeError(
+                "the guard is closed: its hooks are off the teacher, so it records no BN inputs "
+                "(build a new Guard to go on)"
             )
         return self._recorder
 

@@ -337,3 +337,26 @@ def test_repr_lists_components_and_parameters(teacher) -> None:
     config = {"scorer": {"name": "atesc", "params": {"steps": 5}}, "weighting": "split"}
     text = repr(Guard(config, teacher, load_entrypoints=False))
     assert "scorer=atesc(" in text and "steps=5" in text and "weighting=split(rule='two_means'" in text
+
+
+def test_one_guards_scoring_leaves_another_guards_bn_record_alone(teacher, images) -> None:
+    first = Guard(None, teacher, load_entrypoints=False)
+    second = Guard({"scorer": "msp"}, teacher, load_entrypoints=False)
+    teacher(images)  # the loop's forward, recorded by both
+    before = [x.clone() for x in second.bn_inputs()]
+    first.score(images + 0.5)  # atesc runs the teacher on perturbed images
+    assert all(torch.equal(a, b) for a, b in zip(before, second.bn_inputs()))
+    assert second._recorder is not None and second._recorder.holds(images)
+    first.close()
+    second.close()
+
+
+def test_a_closed_guard_says_so(teacher, images) -> None:
+    with Guard(None, teacher, load_entrypoints=False) as guard:
+        teacher(images)
+        assert torch.isfinite(guard.bn_loss())
+    with pytest.raises(RuntimeError, match="the guard is closed"):
+        guard.bn_loss()
+    with pytest.raises(RuntimeError, match="the guard is closed"):
+        guard.student_batch(images, teacher(images))  # the warm-up would observe BN inputs
+    assert guard.score(images).shape == (len(images),)  # scoring needs no hooks
