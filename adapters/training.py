@@ -192,7 +192,7 @@ def _check_same_run(state: dict[str, Any], path: Path, fingerprint: dict[str, An
         fields = tuple(line.split(":", 1)[0] for line in changed)
         shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
         hint = (
-            " (train(..., extend=True) continues a run with more iterations)"
+            " (to continue it on purpose with more iterations: train(..., extend=True), or dfkd-guard distill --extend)"
             if fields == ("iterations",) or all(f.startswith(EXTENSIBLE) for f in fields)
             else ""
         )

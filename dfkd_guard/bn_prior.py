@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from dfkd_guard.bn_statistics import BatchNorm, layer_moments
 from dfkd_guard.weightings import SplitParams
@@ -61,41 +61,50 @@ logger = logging.getLogger("dfkd_guard")
 
 Verdict = Literal["warming up", "ntl-like", "ordinary"]
 
+#: Most batches skipped or observed: longer than any DFKD schedule, so a larger count is a typo.
+MAX_BATCHES = 1_000_000
+
 
 class BNPriorConfig(BaseModel):
     """How the guard estimates and corrects the teacher's BN prior."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    demix: bool = Field(
+    demix: StrictBool = Field(
         default=True, description="estimate and remove the OOD component of the BN prior (and calibrate)"
     )
     split: SplitParams = Field(
         default_factory=SplitParams,
         description="how a scored batch is cut into ID-like and OOD-like samples (default: two-means on the scores)",
     )
-    ntl_separation: float = Field(
+    ntl_separation: StrictFloat = Field(
         default=0.1,
         ge=0.0,
-        description="mean squared effect size between the groups at or above which the teacher is NTL-like",
+        le=100.0,
+        description="mean squared effect size between the groups at or above which the teacher is NTL-like; "
+        "at most 100 (measured: NTL teachers 0.4-1.2, ordinary ones below 0.02)",
     )
-    skip_batches: int = Field(
+    skip_batches: StrictInt = Field(
         default=300,
         ge=0,
-        description="scored synthetic batches ignored at the start, before synthesis settles",
+        le=MAX_BATCHES,
+        description="scored synthetic batches ignored at the start, before synthesis settles; "
+        "at most 1,000,000",
     )
-    warmup_batches: int = Field(
+    warmup_batches: StrictInt = Field(
         default=300,
         ge=1,
-        description="scored synthetic batches observed (after the skipped ones) before a is fitted and frozen",
+        le=MAX_BATCHES,
+        description="scored synthetic batches observed (after the skipped ones) before a is fitted and "
+        "frozen; at most 1,000,000",
     )
-    momentum: float = Field(
+    momentum: StrictFloat = Field(
         default=0.95,
         ge=0.0,
         lt=1.0,
         description="EMA momentum of the observed moments (weight of the old value)",
     )
-    var_floor: float = Field(
+    var_floor: StrictFloat = Field(
         default=0.01, gt=0.0, le=1.0, description="corrected variance >= var_floor * running_var"
     )
 

@@ -38,6 +38,16 @@ contract of each kind:
   lower is better for the generator. The guard multiplies it by the
   penalty's configured weight and sums the penalties.
 
+Inputs are not the component's to change. ``images``, ``logits`` and
+``scores`` are copies (a copy keeps the autograd graph), so editing them in
+place never reaches the caller; a penalty's ``images`` are the exception, the
+caller's own tensor (its ``logits`` were computed from it, and a copy would
+cut that link), and changing them in place is an error. ``teacher`` is the
+caller's module, never copied: a component must leave its parameters,
+buffers (BatchNorm running statistics) and train/eval modes as they were.
+With ``DFKD_GUARD_DEBUG=1`` every call is checked for that
+(:mod:`dfkd_guard.plugins`).
+
 A None result, an exception or a result that breaks the contract is a
 :class:`~dfkd_guard.errors.PluginError` naming the plugin and the component.
 """
@@ -79,7 +89,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 class NoParams(BaseModel):
     """Parameters of a component that takes none."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

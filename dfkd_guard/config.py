@@ -6,7 +6,10 @@ temperature and the BN-prior de-mixing (:mod:`dfkd_guard.bn_prior`).
 Component names and their parameters are checked against the plugins
 actually registered when the guard is built (:meth:`GuardConfig.resolve`),
 so a misspelt name or an out-of-range parameter is a
-:class:`~dfkd_guard.errors.ConfigError` naming the field.
+:class:`~dfkd_guard.errors.ConfigError` naming the field. No number may be
+NaN or infinite (in third-party parameters too), booleans and integers are
+not converted from strings or floats, and every count and multiplier has an
+upper bound beyond which it can only be a typo (each field says which).
 
 In TOML::
 
@@ -36,12 +39,22 @@ In TOML::
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from dfkd_guard.bn_prior import BNPriorConfig
 from dfkd_guard.errors import ConfigError
@@ -60,6 +73,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = ["ComponentChoice", "FileConfig", "ForgetConfig", "GuardConfig", "PenaltyChoice", "ResolvedChoice"]
 
+#: Largest penalty or forgetting weight: far above any useful loss scale, so a larger one is a typo.
+MAX_WEIGHT = 1e6
+
 
 class ComponentChoice(BaseModel):
     """A component selected by name, with its parameters.
@@ -67,7 +83,7 @@ class ComponentChoice(BaseModel):
     A bare string is accepted as shorthand for ``{"name": ...}``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="registered component name, e.g. 'atesc'")
     params: dict[str, Any] = Field(
@@ -83,25 +99,40 @@ class ComponentChoice(BaseModel):
 class PenaltyChoice(ComponentChoice):
     """A generator penalty and the weight its value is multiplied by."""
 
-    weight: float = Field(default=1.0, ge=0.0, description="multiplier of the penalty in the synthesis loss")
+    weight: StrictFloat = Field(
+        default=1.0,
+        ge=0.0,
+        le=MAX_WEIGHT,
+        description="multiplier of the penalty in the synthesis loss, at most 1e6",
+    )
 
 
 class ForgetConfig(BaseModel):
     """The forgetting term applied to samples in the forget mask."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["uniform", "none"] = Field(
         default="uniform", description="'uniform': KL(uniform || student); 'none': no term"
     )
-    weight: float = Field(default=1.0, ge=0.0, description="lambda, multiplier of the forgetting term")
-    memory: int = Field(
+    weight: StrictFloat = Field(
+        default=1.0,
+        ge=0.0,
+        le=MAX_WEIGHT,
+        description="lambda, multiplier of the forgetting term, at most 1e6",
+    )
+    memory: StrictInt = Field(
         default=0,
         ge=0,
-        description="OOD-like images of the BN-prior warm-up kept for the student to forget after an NTL-like verdict (0: none; dfkd_guard/trap_memory.py)",
+        le=1_000_000,
+        description="OOD-like images of the BN-prior warm-up kept for the student to forget after an NTL-like "
+        "verdict (0: none; dfkd_guard/trap_memory.py); at most 1,000,000 (12 GB of 3x32x32 float32 images)",
     )
-    recall: int = Field(
-        default=32, ge=1, description="trap-memory images added to every student batch, in its forget set"
+    recall: StrictInt = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="trap-memory images added to every student batch, in its forget set; at most 100,000",
     )
 
 
@@ -112,24 +143,38 @@ class FileConfig(BaseModel):
     def from_file(cls, path: str | Path) -> Self:
         """Read a config from a ``.json`` or ``.toml`` file.
 
-        :raises ConfigError: naming the file and the field, for unreadable files,
-            unknown suffixes and invalid values.
+        :raises ConfigError: naming the file and the field, for unreadable or
+            non-UTF-8 files (with the line), unknown suffixes, syntax errors
+            (with the parser's line and column) and invalid values.
         """
         path = Path(path)
+        suffix = path.suffix.lower()
         parsers = {".toml": tomllib.loads, ".json": json.loads}
-        if path.suffix not in parsers:
+        if suffix not in parsers:
             raise ConfigError(
                 "<file>", f"unknown config suffix {path.suffix!r}; use .toml or .json", str(path)
             )
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except OSError as exc:
             raise ConfigError("<file>", f"cannot read config: {exc}", source=str(path)) from exc
         try:
-            data = parsers[path.suffix](text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
             raise ConfigError(
-                "<file>", f"not valid {path.suffix[1:].upper()}: {exc}", source=str(path)
+                "<file>",
+                f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} (offset {exc.start}); "
+                "save the file as UTF-8",
+                source=str(path),
+            ) from exc
+        try:
+            data = parsers[suffix](text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:  # their messages give line and column
+            raise ConfigError("<file>", f"not valid {suffix[1:].upper()}: {exc}", source=str(path)) from exc
+        except RecursionError as exc:
+            raise ConfigError(
+                "<file>", f"not valid {suffix[1:].upper()}: nested too deeply", source=str(path)
             ) from exc
         return cls.from_mapping(data, source=str(path))
 
@@ -145,9 +190,11 @@ class FileConfig(BaseModel):
 class GuardConfig(FileConfig):
     """Everything that decides what a guard does. Immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    enabled: bool = Field(default=True, description="False: score nothing, weight 1 everywhere, no penalty")
+    enabled: StrictBool = Field(
+        default=True, description="False: score nothing, weight 1 everywhere, no penalty"
+    )
     scorer: ComponentChoice = Field(default=ComponentChoice(name="atesc"), description="OOD scorer")
     weighting: ComponentChoice = Field(
         default=ComponentChoice(name="none"),
@@ -158,7 +205,12 @@ class GuardConfig(FileConfig):
         default_factory=lambda: ForgetConfig(kind="none"),
         description="forgetting term (default none, see weighting)",
     )
-    kd_temperature: float = Field(default=1.0, gt=0.0, description="tau of KL(T/tau || S/tau) * tau^2")
+    kd_temperature: StrictFloat = Field(
+        default=1.0,
+        gt=0.0,
+        le=100.0,
+        description="tau of KL(T/tau || S/tau) * tau^2, in (0, 100]: above 100 every softmax is uniform",
+    )
     bn_prior: BNPriorConfig = Field(
         default_factory=BNPriorConfig,
         description="BN-prior de-mixing and calibration (adapters that match BN statistics)",
@@ -167,16 +219,19 @@ class GuardConfig(FileConfig):
         default_factory=Normalization, description="how [0,1] pixels are normalised for the teacher"
     )
 
-    def resolve(self, components: dict[tuple[str, str], Component]) -> ResolvedConfig:
+    def resolve(
+        self, components: dict[tuple[str, str], Component], source: str | None = None
+    ) -> ResolvedConfig:
         """Check names and parameters against the registered components.
 
         :param components: registered components by ``(kind, name)``.
+        :param source: the file the config was read from, named in errors.
         :raises ConfigError: unknown name or invalid parameters, naming the field.
         """
-        scorer = _resolve(self.scorer, "scorer", "scorer", components)
-        weighting = _resolve(self.weighting, "weighting", "weighting", components)
+        scorer = _resolve(self.scorer, "scorer", "scorer", components, source)
+        weighting = _resolve(self.weighting, "weighting", "weighting", components, source)
         penalties = tuple(
-            _resolve(choice, "penalty", f"penalties[{i}]", components, weight=choice.weight)
+            _resolve(choice, "penalty", f"penalties[{i}]", components, source, weight=choice.weight)
             for i, choice in enumerate(self.penalties)
         )
         signed_margin = scorer.name == "atesc" and getattr(scorer.params, "measure", None) == "margin"
@@ -186,15 +241,17 @@ class GuardConfig(FileConfig):
                 "weighting.params.rule",
                 "rule 'flip' needs a signed-margin score (positive = prediction survives the attack); "
                 "use scorer 'atesc' with params.measure = 'margin'",
+                source,
             )
         if self.forget.memory and self.forget.kind == "none":
             raise ConfigError(
-                "forget.memory", "a trap memory needs a forgetting term; set forget.kind = 'uniform'"
+                "forget.memory", "a trap memory needs a forgetting term; set forget.kind = 'uniform'", source
             )
         if self.forget.memory and not self.bn_prior.demix:
             raise ConfigError(
                 "forget.memory",
                 "the trap memory is filled during the BN-prior warm-up; set bn_prior.demix = true",
+                source,
             )
         return ResolvedConfig(scorer=scorer, weighting=weighting, penalties=penalties)
 
@@ -227,19 +284,43 @@ def _resolve(
     kind: ComponentKind,
     field: str,
     components: dict[tuple[str, str], Component],
+    source: str | None,
     weight: float = 1.0,
 ) -> ResolvedChoice:
     component = components.get((kind, choice.name))
     if component is None:
         known = sorted(name for k, name in components if k == kind)
         raise ConfigError(
-            f"{field}.name", f"unknown {kind} {choice.name!r}; registered: {', '.join(known) or 'none'}"
+            f"{field}.name",
+            f"unknown {kind} {choice.name!r}; registered: {', '.join(known) or 'none'}",
+            source,
         )
     try:
         params = component.params.model_validate(choice.params)
     except ValidationError as exc:
-        raise config_error(exc, prefix=f"{field}.params") from exc
+        raise config_error(exc, prefix=f"{field}.params", source=source) from exc
+    # A third-party params model may allow NaN and Inf; no component is given one.
+    found = _non_finite(params.model_dump(), f"{field}.params")
+    if found is not None:
+        raise ConfigError(found[0], f"must be a finite number, got {found[1]}", source)
     return ResolvedChoice(name=choice.name, params=params, weight=weight)
+
+
+def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
+    """The dotted path and value of the first NaN or infinite float in a dumped model, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}")
+        if found is not None:
+            return found
+    return None
 
 
 def config_error(exc: ValidationError, prefix: str, source: str | None = None) -> ConfigError:

@@ -176,7 +176,7 @@ class Guard:
         judged the teacher NTL-like. Override in a subclass to supply targets
         of your own (e.g. moments measured on real data).
         """
-        recorder = self._require_bn()
+        recorder = self._require_bn(recording=False)
         prior = self.bn_prior
         if prior is None:
             return [(layer.running_mean, layer.running_var) for layer in recorder.layers]  # type: ignore[misc]
@@ -406,13 +406,14 @@ class Guard:
         if self.enabled:
             self._check_usable(images)
 
-    def _require_bn(self) -> BNRecorder:
+    def _require_bn(self, recording: bool = True) -> BNRecorder:
+        """The recorder; a clear error without BN layers, or (``recording``) once the guard is closed."""
         if self._recorder is None:
             raise ValueError(
                 f"the teacher ({type(self.teacher).__name__}) has no BatchNorm layer with running statistics: "
                 "there are no BN statistics to match (drop the BN term from the synthesis loss)"
             )
-        if self._recorder.removed:
+        if recording and self._recorder.removed:
             raise RuntimeError(
                 "the guard is closed: its hooks are off the teacher, so it records no BN inputs "
                 "(build a new Guard to go on)"

@@ -7,12 +7,12 @@ Teachers are trained on normalised images ``(x - mean) / std`` where ``x`` is in
 
 from __future__ import annotations
 
-import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator, model_validator
 
 __all__ = ["Normalization"]
 
@@ -26,26 +26,33 @@ class Normalization(BaseModel):
     with ``mean`` and ``std`` attributes, such as ``torchvision.transforms.Normalize``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    mean: tuple[float, ...] = Field(default=(0.0,), description="per-channel mean, pixel units")
-    std: tuple[float, ...] = Field(default=(1.0,), description="per-channel std, pixel units, > 0")
+    mean: tuple[StrictFloat, ...] = Field(
+        default=(0.0,), min_length=1, description="per-channel mean, pixel units, finite"
+    )
+    std: tuple[StrictFloat, ...] = Field(
+        default=(1.0,), min_length=1, description="per-channel std, pixel units, finite, > 0"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _from_transform(cls, value: Any) -> Any:
         if isinstance(value, (tuple, list)) and len(value) == 2:
-            return {"mean": _floats(value[0]), "std": _floats(value[1])}
+            return {"mean": value[0], "std": value[1]}
         if not isinstance(value, (dict, BaseModel)) and hasattr(value, "mean") and hasattr(value, "std"):
-            return {"mean": _floats(value.mean), "std": _floats(value.std)}
+            return {"mean": value.mean, "std": value.std}
         return value
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _channel_values(cls, value: Any) -> Any:
+        return _floats(value)
 
     @model_validator(mode="after")
     def _check(self) -> Normalization:
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean has {len(self.mean)} channels but std has {len(self.std)}")
-        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
-            raise ValueError(f"mean and std must be finite, got mean {self.mean}, std {self.std}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be > 0 in every channel, got {self.std}")
         return self
@@ -83,11 +90,19 @@ class Normalization(BaseModel):
 
 
 def _floats(values: Any) -> Any:
-    """A scalar, sequence or tensor of channel values as a tuple of floats (anything else unchanged)."""
-    if isinstance(values, torch.Tensor):
-        return tuple(float(v) for v in values.flatten())
-    if isinstance(values, (int, float)):
+    """A number, sequence, tensor or array of channel values as a tuple of floats.
+
+    Anything else (strings, booleans) is left for validation to refuse.
+    """
+    if hasattr(values, "tolist") and hasattr(values, "reshape"):  # tensors, NumPy arrays and scalars
+        values = values.reshape(-1).tolist()
+    if _is_number(values):
         return (float(values),)
-    if isinstance(values, Sequence) and not isinstance(values, str):
-        return tuple(values)
+    if isinstance(values, Sequence) and not isinstance(values, (str, bytes)):
+        return tuple(float(v) if _is_number(v) else v for v in values)
     return values
+
+
+def _is_number(value: Any) -> bool:
+    """A real number (Python or NumPy) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

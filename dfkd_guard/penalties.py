@@ -19,12 +19,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
 from dfkd_guard.components import Component, penalty
 from dfkd_guard.hookspecs import hookimpl
 from dfkd_guard.normalization import Normalization
 from dfkd_guard.scorers._direction import OodWhen
+from dfkd_guard.scorers.logit_scores import MAX_TEMPERATURE
 
 __all__ = ["ConfidencePenaltyParams", "InputGradientParams"]
 
@@ -32,19 +33,27 @@ __all__ = ["ConfidencePenaltyParams", "InputGradientParams"]
 class ConfidencePenaltyParams(BaseModel):
     """Parameters of the ``confidence`` penalty."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     score: Literal["energy", "msp"] = Field(default="energy", description="which confidence score")
     ood_when: OodWhen = Field(default="confident", description="the side that is penalised")
-    temperature: float = Field(default=1.0, gt=0.0, description="T of the energy score")
+    temperature: StrictFloat = Field(
+        default=1.0, gt=0.0, le=MAX_TEMPERATURE, description="T of the energy score, at most 1e4"
+    )
 
 
 class InputGradientParams(BaseModel):
     """Parameters of the ``input_gradient`` penalty."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    floor: float = Field(default=1e-6, gt=0.0, description="added to the gradient norm before the log")
+    floor: StrictFloat = Field(
+        default=1e-6,
+        gt=0.0,
+        le=1.0,
+        description="added to the gradient norm before the log, in (0, 1] (a larger floor hides the small "
+        "norms of robust samples, the signal)",
+    )
 
 
 @penalty("confidence", ConfidencePenaltyParams)

@@ -36,6 +36,7 @@ __all__ = [
     "non_finite_tensors",
     "plain_digest",
     "save_atomic",
+    "save_weights_atomic",
     "write_json_atomic",
 ]
 
@@ -120,6 +121,15 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     """
     wrapped = {"format": FILE_FORMAT, "sha256": plain_digest(state), "content": state}
     _write_atomic(path, lambda handle: torch.save(wrapped, handle))
+
+
+def save_weights_atomic(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write a plain state dict, as ``torch.save(model.state_dict())`` would, atomically (no digest).
+
+    For files meant for other tools: ``model.load_state_dict(torch.load(path, weights_only=True))``.
+    """
+    plain = {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
+    _write_atomic(path, lambda handle: torch.save(plain, handle))
 
 
 def write_json_atomic(data: Any, path: str | Path) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
 
 from dfkd_guard.components import Component, weighting
 from dfkd_guard.hookspecs import hookimpl
@@ -35,13 +35,15 @@ __all__ = ["SoftParams", "SplitParams", "ood_mask", "otsu_cut", "two_means_cut"]
 class SplitParams(BaseModel):
     """Parameters of the ``split`` weighting."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     rule: Literal["flip", "threshold", "quantile", "two_means", "otsu"] = Field(
         default="two_means", description="how the OOD-like side is chosen"
     )
-    threshold: float | None = Field(default=None, description="score cut for rule 'threshold'")
-    quantile: float = Field(default=0.5, gt=0.0, lt=1.0, description="batch quantile cut for rule 'quantile'")
+    threshold: StrictFloat | None = Field(default=None, description="score cut for rule 'threshold', finite")
+    quantile: StrictFloat = Field(
+        default=0.5, gt=0.0, lt=1.0, description="batch quantile cut for rule 'quantile', in (0, 1)"
+    )
 
     @model_validator(mode="after")
     def _threshold_given(self) -> SplitParams:
@@ -53,9 +55,15 @@ class SplitParams(BaseModel):
 class SoftParams(BaseModel):
     """Parameters of the ``soft`` weighting."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    width: float = Field(default=1.0, gt=0.0, description="sigmoid width, in batch standard deviations")
+    width: StrictFloat = Field(
+        default=1.0,
+        gt=0.0,
+        le=100.0,
+        description="sigmoid width, in batch standard deviations, at most 100 (beyond, every weight is "
+        "about 0.5)",
+    )
 
 
 def two_means_cut(scores: torch.Tensor, iterations: int = 50) -> float | None:

@@ -1,10 +1,12 @@
-"""Shared fixtures: one torch thread; small teachers on random tensors (unit tests only)."""
+"""Shared fixtures: one torch thread; plugin debug checks on; small teachers on random tensors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
+
+from dfkd_guard.plugins import DEBUG_ENV
 
 
 class SmallCNN(nn.Module):
@@ -35,6 +37,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _debug_mode():
+    """Every component call checks that it left the teacher alone (tests that need it off unset it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DEBUG_ENV, "1")
+        yield
 
 
 @pytest.fixture

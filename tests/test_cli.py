@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dfkd_guard.cli import main
+from dfkd_guard.plugins import DEBUG_ENV
 
 
 def test_plugins_lists_every_builtin_with_its_source(capsys) -> None:
@@ -26,9 +29,11 @@ def test_plugins_marks_code_plugins(capsys) -> None:
     assert line.split()[:3] == ["scorer", "always_ood", "code"]
 
 
-def test_plugins_names_a_module_that_does_not_import(capsys) -> None:
+def test_plugins_names_a_module_that_does_not_import(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)  # what a user sees: one line, no traceback
     assert main(["plugins", "-p", "no_such_module_xyz"]) == 2
-    assert "plugin 'no_such_module_xyz', hook import" in capsys.readouterr().err
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("dfkd-guard: error: plugin 'no_such_module_xyz', hook import")
 
 
 def test_check_config_prints_the_resolved_config(tmp_path, capsys) -> None:
@@ -40,9 +45,11 @@ def test_check_config_prints_the_resolved_config(tmp_path, capsys) -> None:
     assert resolved["weighting"]["params"]["rule"] == "two_means"
 
 
-def test_check_config_reports_the_file_and_field(tmp_path, capsys) -> None:
+def test_check_config_reports_the_file_and_field(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
     path = tmp_path / "guard.json"
     path.write_text('{"scorer": {"name": "atesc", "params": {"steps": 0}}}')
     assert main(["check-config", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "scorer.params.steps" in err and "greater than or equal to 1" in err
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"dfkd-guard: error: {path}: scorer.params.steps: ")
+    assert "greater than or equal to 1" in line

@@ -360,3 +360,4 @@ def test_a_closed_guard_says_so(teacher, images) -> None:
     with pytest.raises(RuntimeError, match="the guard is closed"):
         guard.student_batch(images, teacher(images))  # the warm-up would observe BN inputs
     assert guard.score(images).shape == (len(images),)  # scoring needs no hooks
+    assert len(guard.bn_targets()) == 2  # nor do the targets

@@ -17,17 +17,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = GuardConfig.from_file(args.path)
-    resolved = config.resolve(PluginRegistry().component_map())
+    resolved = config.resolve(PluginRegistry().component_map(), source=args.path)
     summary = {
-        "scorer": {"name": resolved.scorer.name, "params": resolved.scorer.params.model_dump()},
-        "weighting": {"name": resolved.weighting.name, "params": resolved.weighting.params.model_dump()},
+        "scorer": {"name": resolved.scorer.name, "params": resolved.scorer.params.model_dump(mode="json")},
+        "weighting": {
+            "name": resolved.weighting.name,
+            "params": resolved.weighting.params.model_dump(mode="json"),
+        },
         "penalties": [
-            {"name": p.name, "weight": p.weight, "params": p.params.model_dump()} for p in resolved.penalties
+            {"name": p.name, "weight": p.weight, "params": p.params.model_dump(mode="json")}
+            for p in resolved.penalties
         ],
-        "forget": config.forget.model_dump(),
+        "forget": config.forget.model_dump(mode="json"),
         "kd_temperature": config.kd_temperature,
-        "normalization": config.normalization.model_dump(),
+        "normalization": config.normalization.model_dump(mode="json"),
         "enabled": config.enabled,
     }
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2, allow_nan=False))  # validation refuses NaN and Inf; never print them
     return 0

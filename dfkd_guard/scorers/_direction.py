@@ -20,7 +20,7 @@ class ConfidenceDirection(BaseModel):
     off its domain (DESIGN 7: mean max-softmax 0.993 on OOD vs 0.752 on ID).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     ood_when: OodWhen = Field(
         default="unconfident",

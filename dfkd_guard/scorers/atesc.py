@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from dfkd_guard.components import Component, scorer
 from dfkd_guard.hookspecs import hookimpl
@@ -35,17 +35,25 @@ _KL_FLOOR = 1e-12
 class AtescParams(BaseModel):
     """Parameters of the ``atesc`` scorer. Budgets are in pixel units of [0, 1] images."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    eps: float = Field(default=4 / 255, gt=0.0, le=1.0, description="L-inf radius, pixel units")
-    steps: int = Field(default=3, ge=1, le=100, description="PGD steps")
-    step_size: float | None = Field(
-        default=None, gt=0.0, description="per-step size, pixel units; default 2.5 * eps / steps"
+    eps: StrictFloat = Field(
+        default=4 / 255, gt=0.0, le=1.0, description="L-inf radius, pixel units, in (0, 1]"
+    )
+    steps: StrictInt = Field(
+        default=3, ge=1, le=100, description="PGD steps, 1..100 (each is a forward+backward per batch)"
+    )
+    step_size: StrictFloat | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="per-step size, pixel units, in (0, 1] (the whole pixel range); "
+        "default 2.5 * eps / steps",
     )
     measure: Literal["kl", "margin"] = Field(
         default="kl", description="what is read off the attacked prediction"
     )
-    clip_to_pixel_range: bool = Field(
+    clip_to_pixel_range: StrictBool = Field(
         default=False, description="keep x + d inside [0, 1] pixels (off: synthetic images may lie outside)"
     )
 

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, StrictFloat
 
 from dfkd_guard.components import Component, scorer
 from dfkd_guard.hookspecs import hookimpl
 from dfkd_guard.scorers._direction import ConfidenceDirection
 
+#: Largest energy temperature: as T grows, -T logsumexp(f/T) tends to -mean(f) - T log K, not a confidence.
+MAX_TEMPERATURE = 1e4
+
 
 class EnergyParams(ConfidenceDirection):
     """Parameters of the ``energy`` scorer."""
 
-    temperature: float = Field(default=1.0, gt=0.0, description="T of E(x) = -T logsumexp(f(x)/T)")
+    temperature: StrictFloat = Field(
+        default=1.0,
+        gt=0.0,
+        le=MAX_TEMPERATURE,
+        description="T of E(x) = -T logsumexp(f(x)/T), at most 1e4 (as T grows, E(x) tends to "
+        "-mean logit - T log K)",
+    )
 
 
 @scorer("msp", ConfidenceDirection)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, StrictFloat
 
 from dfkd_guard.components import Component, scorer
 from dfkd_guard.hookspecs import hookimpl
@@ -20,8 +20,16 @@ from dfkd_guard.scorers._direction import ConfidenceDirection
 class OdinParams(ConfidenceDirection):
     """Parameters of the ``odin`` scorer."""
 
-    temperature: float = Field(default=1000.0, gt=0.0, description="softmax temperature")
-    eps: float = Field(default=0.0014, ge=0.0, le=1.0, description="preprocessing step, pixel units")
+    temperature: StrictFloat = Field(
+        default=1000.0,
+        gt=0.0,
+        le=1e5,
+        description="softmax temperature, at most 1e5 (100x the paper's 1000; beyond, the softmax is "
+        "uniform)",
+    )
+    eps: StrictFloat = Field(
+        default=0.0014, ge=0.0, le=1.0, description="preprocessing step, pixel units, in [0, 1]"
+    )
 
 
 @scorer("odin", OdinParams)

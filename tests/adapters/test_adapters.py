@@ -305,13 +305,13 @@ def test_adapter_close_unfreezes_the_teacher_and_guard_close_stops_the_recording
         teacher(torch.rand(3, 3, 32, 32))
     assert all(x.shape[0] == 3 for x in guard.bn_inputs())  # the guard's hooks outlive the adapter
     guard.close()
-    with pytest.raises(RuntimeError, match="no teacher forward recorded"):
+    with pytest.raises(RuntimeError, match="the guard is closed"):
         guard.bn_inputs()
     with torch.no_grad():
         teacher(torch.rand(3, 3, 32, 32))
-    with pytest.raises(RuntimeError, match="no teacher forward recorded"):
-        guard.bn_inputs()  # the forward went unrecorded: no hook left
-    with pytest.raises(RuntimeError, match="no teacher forward recorded"):
+    with pytest.raises(RuntimeError, match="the guard is closed"):
+        guard.bn_inputs()  # no hook left to record that forward
+    with pytest.raises(RuntimeError, match="the guard is closed"):
         guard.bn_loss()
 
 
