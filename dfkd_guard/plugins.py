@@ -34,6 +34,7 @@ from torch import nn
 from dfkd_guard import hookspecs
 from dfkd_guard.components import COMPONENT_ARGUMENTS, COMPONENT_KINDS, Component, ComponentKind
 from dfkd_guard.errors import PluginError
+from dfkd_guard.sample_weights import SampleWeights
 
 __all__ = [
     "AUTOLOAD_ENV",
@@ -157,6 +158,15 @@ class _TeacherSnapshot:
                     f"changed the teacher's mode: {module} is now in {'train' if training else 'eval'} mode"
                 )
         return None
+
+
+def _copy(value: Any) -> Any:
+    """A tensor or :class:`SampleWeights` an observer may edit without touching the guard's own."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, SampleWeights):
+        return SampleWeights(value.kd.clone(), value.forget.clone())
+    return value
 
 
 def _same(before: torch.Tensor, after: torch.Tensor) -> bool:
@@ -373,10 +383,11 @@ class PluginRegistry:
         return result
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observability hook on every plugin, naming the one that raises."""
+        """Call an observability hook on every plugin (on copies of its tensors), naming the one that raises."""
         for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls()):
+            arguments = {arg: kwargs[arg] for arg in impl.argnames}
             try:
-                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+                impl.function(**{name: _copy(value) for name, value in arguments.items()})
             except Exception as exc:
                 raise PluginError(impl.plugin_name, hook_name, f"raised {exc!r}") from exc
 

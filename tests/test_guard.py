@@ -361,3 +361,24 @@ def test_a_closed_guard_says_so(teacher, images) -> None:
         guard.student_batch(images, teacher(images))  # the warm-up would observe BN inputs
     assert guard.score(images).shape == (len(images),)  # scoring needs no hooks
     assert len(guard.bn_targets()) == 2  # nor do the targets
+
+
+def test_observers_get_copies_of_the_guards_tensors(teacher, images) -> None:
+    class Vandal:
+        @hookimpl
+        def dfkd_guard_batch_scored(self, scorer, scores, logits) -> None:
+            scores.zero_()
+            logits.zero_()
+
+        @hookimpl
+        def dfkd_guard_batch_weighted(self, weighting, scores, weights) -> None:
+            weights.kd.zero_()
+            weights.forget.fill_(True)
+
+    config = {"weighting": "split", "forget": {"kind": "uniform"}, "bn_prior": {"demix": False}}
+    clean = Guard(config, teacher, load_entrypoints=False)
+    vandalised = Guard(config, teacher, plugins=[Vandal()], load_entrypoints=False)
+    logits = teacher(images).detach()
+    a, b = clean.student_batch(images, logits), vandalised.student_batch(images, logits)
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.weights.kd, b.weights.kd)
+    assert torch.equal(a.weights.forget, b.weights.forget) and bool(b.weights.kd.gt(0).any())

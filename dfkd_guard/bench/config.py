@@ -109,7 +109,7 @@ def _default_cmi() -> CMIConfig:
 class Budget(BaseModel):
     """How long one run trains (see :func:`dfkd_guard.adapters.training.train`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     iterations: int = Field(
         ge=1, description="DFKD iterations: one synthesis round and kd_steps student steps each"
@@ -130,7 +130,7 @@ _DEFAULT_BUDGETS: dict[str, Budget] = {
 class BenchConfig(FileConfig):
     """Everything that determines the benchmark table. Immutable; unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     settings: tuple[SettingName, ...] = Field(
         default=SETTINGS, min_length=1, description="settings (table row groups), in report order"

@@ -88,7 +88,7 @@ class TeacherConfig(BaseModel):
             :func:`~dfkd_guard.bench.data.build_setting`).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: TeacherKind = "sl"
     setting: SettingName = "mnist_m"

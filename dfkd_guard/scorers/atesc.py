@@ -1,8 +1,7 @@
 """``atesc``: how robust is the teacher's prediction to a small perturbation?
 
 An NTL teacher is trained to be robust and confident off its domain, while its
-in-domain predictions stay fragile (DESIGN 7: AUROC 0.977 on real MNIST vs
-MNIST-M). The score runs a batched L-inf PGD attack on the teacher's own
+in-domain predictions stay fragile (docs/components.md). The score runs a batched L-inf PGD attack on the teacher's own
 prediction ``y0 = argmax T(x)``, maximising ``CE(T(x + d), y0)``, and measures
 how little the prediction moved:
 

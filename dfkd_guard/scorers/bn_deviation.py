@@ -5,7 +5,7 @@ input are compared with the layer's running mean, in units of the running
 standard deviation; the score is the mean squared z-score over channels and
 layers. One extra forward pass (the layers' inputs are needed, not only the
 logits). Note that an NTL teacher's running statistics mix both domains
-(DESIGN 7.1), which blunts this score on such teachers.
+(docs/bn_prior.md), which blunts this score on such teachers.
 """
 
 from __future__ import annotations
