@@ -21,13 +21,14 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
+from dfkd_guard import GuardedBatch
 from dfkd_guard.adapters.base import Synthesizer, student_step
 from dfkd_guard.adapters.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from dfkd_guard.adapters.fingerprint import EXTENSIBLE, differences, run_fingerprint
@@ -72,6 +73,9 @@ def train(
     log_every: int = 10,
     label: str = "",
     extend: bool = False,
+    student_update: Callable[[GuardedBatch], dict[str, float]] | None = None,
+    write_checkpoints: bool = True,
+    run_settings: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``synthesizer.student`` for ``iterations`` DFKD iterations.
 
@@ -90,6 +94,13 @@ def train(
         (and so a different schedule, e.g. a cosine ``T_max``): the scheduler
         given here is replayed to the checkpoint's iteration, as if this budget
         had been set from the start. Every other difference is still refused.
+    :param student_update: one student step on a guarded batch, returning its metrics;
+        default :func:`student_step` of ``synthesizer.student`` with ``optimizer``
+        (a data-parallel run passes one that trains its shard of the batch).
+    :param write_checkpoints: False: only read ``checkpoint_path`` (the
+        processes of a data-parallel run but the first).
+    :param run_settings: settings of the caller's own that a resume must keep
+        (e.g. the numeric precision), added to the fingerprint as ``run.<name>``.
     :raises CheckpointError: the checkpoint is corrupt, not finite, or from a
         different run; the message names the file and each differing field.
     """
@@ -103,18 +114,25 @@ def train(
     start = 0
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     fingerprint = run_fingerprint(synthesizer, optimizer, scheduler, iterations, kd_steps)
+    fingerprint.update({f"run.{name}": value for name, value in (run_settings or {}).items()})
     if path is not None and path.exists():
         state = load_checkpoint(path)
         _check_same_run(state, path, fingerprint, extend)
         start = _restore(state, path, synthesizer, optimizer, scheduler, result, replay_schedule=extend)
         _say(stream, f"{prefix}resumed from {path} at iteration {start}/{iterations}")
+    if student_update is None:
+        student = synthesizer.student
+
+        def student_update(batch: GuardedBatch) -> dict[str, float]:
+            return student_step(student, optimizer, batch)
+
     busy = 0.0  # seconds spent in iterations, without evaluation and checkpoint writes
     for step in range(start, iterations):
         began = time.perf_counter()
         synthesis = synthesizer.last_synthesis = synthesizer.synthesize()
         sums: dict[str, float] = {}
         for _ in range(kd_steps):
-            for key, value in student_step(synthesizer.student, optimizer, synthesizer.sample()).items():
+            for key, value in student_update(synthesizer.sample()).items():
                 sums[key] = sums.get(key, 0.0) + value / kd_steps
         if scheduler is not None:
             scheduler.step()
@@ -130,8 +148,9 @@ def train(
         if stream is not None and (done % log_every == 0 or done == iterations):
             rate = busy / (done - start)
             shown = " | ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k in _SHOWN)
-            _say(stream, f"{prefix}iter {done}/{iterations} | {shown} | {rate:.2f} s/it")
-        if path is not None and (done % checkpoint_every == 0 or done == iterations):
+            eta = _duration(rate * (iterations - done))
+            _say(stream, f"{prefix}iter {done}/{iterations} | {shown} | {rate:.2f} s/it | eta {eta}")
+        if write_checkpoints and path is not None and (done % checkpoint_every == 0 or done == iterations):
             save_atomic(_state(done, fingerprint, synthesizer, optimizer, scheduler, result), path)
     if iterations > start:
         result.seconds_per_iteration = busy / (iterations - start)
@@ -139,6 +158,13 @@ def train(
 
 
 _SHOWN = ("loss/student", "guard/forgotten", "synthesis/total", "synthesis/skipped")
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _say(stream: TextIO | None, line: str) -> None:

@@ -65,6 +65,7 @@ def bn_matching_loss(
         raise ValueError(f"got inputs of {len(inputs)} BN layers and targets for {len(targets)}")
     losses = []
     for x, (mean_target, var_target) in zip(inputs, targets):
+        x = x.float()  # statistics in float32, also under autocast
         dims = [0, *range(2, x.ndim)]
         mean = x.mean(dim=dims)
         var = x.var(dim=dims, unbiased=False)

@@ -220,9 +220,11 @@ class Guard:
             return total
         self._check_usable(images)
         with self._quiet(), torch.enable_grad():
+            images = self._as_teacher_input(images)  # differentiable: grad still reaches the generator
             if logits is None:
                 logits = teacher_logits(self.teacher, images)
             check_logits(logits, images.shape[0], "logits", finite=True)
+            logits = logits.float()
             for choice in self.resolved.penalties:
                 value = self._call_on_teacher("penalty", choice.name, choice.params, images, logits)
                 plugin = self.registry.provider("penalty", choice.name)
@@ -286,12 +288,12 @@ class Guard:
     def _score(self, images: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
         """Run the scorer on checked images (and logits, if given)."""
         batch = images.shape[0]
-        images = images.detach()
+        images = self._as_teacher_input(images.detach())
         with self._quiet():
             if logits is None:
                 with torch.no_grad():
                     logits = teacher_logits(self.teacher, images)
-            logits = logits.detach()
+            logits = logits.detach().float()
             with torch.enable_grad():
                 scores = self._call_on_teacher(
                     "scorer", self.resolved.scorer.name, self.resolved.scorer.params, images, logits
@@ -369,13 +371,21 @@ class Guard:
     # -- internals ---------------------------------------------------------------
 
     def _quiet(self) -> ExitStack:
-        """Eval mode, frozen weights and no BN recording: the teacher forwards of scores and penalties."""
+        """Eval mode, frozen weights, no BN recording, float32: the teacher forwards of scores and penalties."""
         stack = ExitStack()
         stack.enter_context(scoring_mode(self.teacher))
+        weight = next(self.teacher.parameters(), None)
+        if weight is not None and weight.device.type in ("cpu", "cuda"):  # the loop's autocast stops here
+            stack.enter_context(torch.autocast(weight.device.type, enabled=False))
         stack.enter_context(
             recording_paused(self.teacher)
         )  # every guard's record on this teacher, not only ours
         return stack
+
+    def _as_teacher_input(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the dtype of the teacher's weights: the guard's forwards run outside autocast."""
+        weight = next(self.teacher.parameters(), None)
+        return images if weight is None or images.dtype == weight.dtype else images.to(weight.dtype)
 
     def _check_usable(self, images: torch.Tensor) -> None:
         check_usable(images, self.teacher, self.config.normalization)

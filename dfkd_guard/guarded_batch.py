@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,6 +82,23 @@ class GuardedBatch:
             self.weights,
             forget_kind=self.forget_kind,
             forget_weight=self.forget_weight,
+        )
+
+    def shard(self, rank: int, world: int) -> GuardedBatch:
+        """Every ``world``-th sample from ``rank`` on: this process's part of a data-parallel student step.
+
+        :param rank: this process, 0 <= rank < world.
+        :param world: the number of processes sharing the batch.
+        """
+        if not 0 <= rank < world:
+            raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
+        part = slice(rank, None, world)
+        return dataclasses.replace(
+            self,
+            images=self.images[part],
+            teacher_logits=self.teacher_logits[part],
+            scores=self.scores[part],
+            weights=SampleWeights(self.weights.kd[part], self.weights.forget[part]),
         )
 
     @property

@@ -28,8 +28,8 @@ def kd_divergence(
     :param teacher_logits: float (B, K); a target, usually detached.
     :returns: float (B,), >= 0.
     """
-    log_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_t = F.log_softmax(teacher_logits / temperature, dim=1)
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=1)  # float32 under autocast too
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     return F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(dim=1) * temperature**2
 
 
@@ -40,7 +40,7 @@ def uniform_divergence(student_logits: torch.Tensor) -> torch.Tensor:
     :returns: float (B,), >= 0.
     """
     num_classes = student_logits.shape[1]
-    log_s = F.log_softmax(student_logits, dim=1)
+    log_s = F.log_softmax(student_logits.float(), dim=1)
     return -math.log(num_classes) - log_s.mean(dim=1)
 
 

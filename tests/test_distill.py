@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -43,10 +44,7 @@ def write_config(folder: Path, method: str, iterations: int = 2, **extra: str) -
     head, _, rest = text.partition("[images]")
     replaced = ("method", "iterations", "output", "checkpoint_every", "kd_steps", *extra)
     lines = [line for line in head.splitlines() if not line.startswith(replaced)]
-    rest = rest.replace(
-        "[adapter]                             # DFQ's term weights, with a smaller batch for a CPU\nbatch_size = 64\n",
-        "",
-    )
+    rest = rest[: rest.index("[adapter]")] + rest[rest.index("[optimizer]") :]
     config = "\n".join(
         [
             f'method = "{method}"',
@@ -177,10 +175,10 @@ def test_a_changed_config_is_refused_and_extend_continues(
         (lambda t: t.replace("batch_size = 64", "batch_size = 0"), "adapter"),
         (lambda t: t.replace("batch_size = 64", "batchsize = 64"), "batchsize"),
         (lambda t: t.replace('data = "digits_test.npz"', 'data = "nothing.npz"'), "evaluation.data"),
-        (lambda t: t.replace("iterations = 200", "iterations = 0"), "iterations"),
-        (lambda t: t.replace("iterations = 200", 'iterations = "200"'), "iterations"),
+        (lambda t: t.replace("iterations = 300", "iterations = 0"), "iterations"),
+        (lambda t: t.replace("iterations = 300", 'iterations = "300"'), "iterations"),
         (lambda t: t + "\n[guard.normalization]\nmean = [0.5]\nstd = [0.5]\n", "guard"),
-        (lambda t: t.replace("lr = 0.05", "lr = nan"), "optimizer.lr"),
+        (lambda t: t.replace("lr = 3e-3", "lr = nan"), "optimizer.lr"),
     ],
     ids=[
         "missing-weights",
@@ -216,3 +214,107 @@ def test_a_bad_distill_config_is_one_line_naming_it(
     assert error.startswith("dfkd-guard: error: ") and error.count("\n") == 1, error
     assert named in error
     assert "Traceback" not in error
+
+
+# -- torchrun: data-parallel student steps --------------------------------------------------------
+
+
+def torchrun(config: Path, output: Path, processes: int = 2, **popen: object) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+    command += ["-m", "dfkd_guard.cli", "distill", str(config), "--quiet", "--output", str(output)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def kill_every_process_of(marker: str) -> None:
+    """SIGKILL every process whose command line holds ``marker`` (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in entry.joinpath("cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass  # gone already
+
+
+def finished(process: subprocess.Popen) -> str:
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out
+    return out
+
+
+@pytest.fixture(scope="module")
+def parallel_config(example: Path) -> Path:
+    """Six DFQ iterations, SGD, whose guard judges the (ordinary) teacher after two scored batches."""
+    path = write_config(example, "dfq", iterations=6)
+    text = (
+        path.read_text()
+        .replace("skip_batches = 20", "skip_batches = 0")
+        .replace("warmup_batches = 60", "warmup_batches = 2")
+        .replace('kind = "adam"\nlr = 3e-3', 'kind = "sgd"\nlr = 0.05')
+    )
+    assert 'kind = "sgd"' in text
+    path.write_text(text)
+    return path
+
+
+def test_two_processes_hold_one_student_and_one_verdict(example: Path, parallel_config: Path) -> None:
+    out = finished(torchrun(parallel_config, example / "two"))
+    assert "6 iterations on 2 processes, guard ordinary" in out
+    assert out.count("run folder:") == 1  # only the first process reports
+    summary = json.loads((example / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["students_identical"] is True
+    assert summary["verdicts"] == ["ordinary", "ordinary"]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(example: Path, parallel_config: Path) -> None:
+    """Equal up to BatchNorm's statistics: each process normalises its half of the batch with its own."""
+    if not (example / "two" / "student.pt").exists():
+        finished(torchrun(parallel_config, example / "two"))
+    finished(torchrun(parallel_config, example / "one", processes=1))
+    one = torch.load(example / "one" / "student.pt", weights_only=True)
+    two = torch.load(example / "two" / "student.pt", weights_only=True)
+    gaps = {k: float((one[k] - two[k]).abs().max()) for k in one if one[k].is_floating_point()}
+    assert max(gaps.values()) < 1e-2, gaps
+    assert max(gaps.values()) > 0  # not the same computation: the shards did run apart
+
+
+def test_a_killed_parallel_run_resumes_on_two_processes_or_one(example: Path, parallel_config: Path) -> None:
+    if not (example / "two" / "student.pt").exists():
+        finished(torchrun(parallel_config, example / "two"))
+    killed = example / "two-killed"
+    process = torchrun(parallel_config, killed)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    kill_every_process_of(str(killed))  # torchrun's workers run in sessions of their own
+    process.communicate()
+    assert not (killed / "student.pt").exists(), "the run finished before the kill: the test proved nothing"
+    shutil.copytree(killed, example / "one-resumed")
+    finished(torchrun(parallel_config, killed))
+    expected = torch.load(example / "two" / "student.pt", weights_only=True)
+    got = torch.load(killed / "student.pt", weights_only=True)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)  # same world size: bit for bit
+    finished(
+        torchrun(parallel_config, example / "one-resumed", processes=1)
+    )  # another world size resumes too
+    assert json.loads((example / "one-resumed" / "summary.json").read_text())["iterations"] == 6
+
+
+def test_bfloat16_runs_under_autocast_and_a_resume_must_keep_it(
+    example: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DFKD_GUARD_DEBUG", raising=False)
+    config = write_config(example, "dfq", precision='"bfloat16"')
+    text = (
+        config.read_text()
+        .replace("skip_batches = 20", "skip_batches = 0")
+        .replace("warmup_batches = 60", "warmup_batches = 1")
+    )
+    config.write_text(text)
+    output = example / "bf16"
+    assert main(["distill", str(config), "--quiet", "--output", str(output)]) == 0
+    assert "guard ordinary" in capsys.readouterr().out  # scored and judged under autocast
+    assert json.loads((output / "summary.json").read_text())["synthesis_skipped"] == 0
+    config.write_text(text.replace('precision = "bfloat16"', 'precision = "float32"'))
+    assert main(["distill", str(config), "--quiet", "--output", str(output)]) == 2
+    assert "run.precision: checkpoint 'bfloat16', now 'float32'" in capsys.readouterr().err

@@ -36,9 +36,14 @@ def run(args: argparse.Namespace) -> int:
         extend=args.extend,
         progress=not args.quiet,
     )
+    if not result.processes.first:
+        return 0
     summary = result.summary
     accuracy = summary.get("student_accuracy")
     shown = f", student accuracy {accuracy:.4f}" if accuracy is not None else ""
-    print(f"{summary['method']}: {summary['iterations']} iterations, guard {summary['guard']}{shown}")
+    processes = f" on {summary['processes']} processes" if summary["processes"] > 1 else ""
+    print(
+        f"{summary['method']}: {summary['iterations']} iterations{processes}, guard {summary['guard']}{shown}"
+    )
     print(f"run folder: {result.output} (student.pt, metrics.jsonl, summary.json, report.md)")
     return 0

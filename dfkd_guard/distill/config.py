@@ -139,7 +139,7 @@ class DistillConfig(FileConfig):
     teacher: ModelSpec = Field(description="the teacher to distil; its weights are never changed")
     student: ModelSpec = Field(description="the student to train (weights: a starting point, optional)")
     generator: ModelSpec = Field(
-        default=ModelSpec(model="dfkd_guard.bench.models:Generator"),
+        default=ModelSpec(model="dfkd_guard.adapters.generator:Generator"),
         description="generator of dfq / dfad / zskt / dafl / cmi; latent_dim, out_channels and img_size "
         "are filled in from latent_dim and images.shape unless given",
     )
@@ -157,6 +157,11 @@ class DistillConfig(FileConfig):
     seed: StrictInt = Field(default=0, ge=0, description="seeds torch, numpy and Python")
     device: str = Field(
         default="auto", description="cpu, cuda, cuda:N, mps, or auto (cuda, then mps, then cpu)"
+    )
+    precision: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="bfloat16: synthesis and student steps under torch.autocast; the guard's scoring and "
+        "the distillation losses stay float32",
     )
     output: str = Field(default="runs/distill", description="run folder: checkpoint, logs, student, report")
     checkpoint_every: StrictInt = Field(

@@ -32,26 +32,28 @@ from dfkd_guard.adapters.checkpoint import load_checkpoint
 from dfkd_guard.adapters.cmi import CMIConfig, CMISynthesizer
 from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
 from dfkd_guard.adapters.training import TrainResult, train
-from dfkd_guard.adapters.vanilla import VanillaSynthesizer
+from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
 from dfkd_guard.distill.config import DistillConfig, EvaluationSpec
 from dfkd_guard.distill.models import ModelSpec, build_model
+from dfkd_guard.distill.parallel import Processes, digest, gathered, start, student_steps
 from dfkd_guard.distill.run_log import RunLog
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.serialization import save_weights_atomic, write_json_atomic
 
 __all__ = ["DistillResult", "distill", "load_evaluation"]
 
-_DEFAULT_GENERATOR = "dfkd_guard.bench.models:Generator"
+_DEFAULT_GENERATOR = "dfkd_guard.adapters.generator:Generator"
 
 
 @dataclass
 class DistillResult:
-    """What :func:`distill` produced: the folder, the trained student, the summary written to it."""
+    """What :func:`distill` produced: the folder, the trained student, the summary (written by the first process)."""
 
     output: Path
     student: nn.Module
     summary: dict[str, Any]
     train: TrainResult
+    processes: Processes
 
 
 def distill(
@@ -74,17 +76,22 @@ def distill(
     output = output if output is not None else Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = output / "checkpoint.ckpt"
-    _seed(config.seed)
-    device = config.torch_device()
+    processes, device = start(config.torch_device())
+    _check_divisible(config, processes)
+    _seed(config.seed)  # the same on every process: synthesis is replicated (dfkd_guard.distill.parallel)
     teacher = build_model(config.teacher, "teacher", base_dir).to(device).eval()
     student = build_model(config.student, "student", base_dir).to(device)
-    evaluation = load_evaluation(config.evaluation, base_dir) if config.evaluation is not None else None
+    evaluation = None
+    if config.evaluation is not None and processes.first:
+        evaluation = load_evaluation(config.evaluation, base_dir)
     resumed_at = int(load_checkpoint(checkpoint)["iteration"]) if checkpoint.exists() else 0
-    log = RunLog(output / "metrics.jsonl", resumed_at=resumed_at)
-    guard = Guard(config.guard_config(), teacher, plugins=[log])
-    log.watch(guard)
+    log = RunLog(output / "metrics.jsonl", resumed_at=resumed_at) if processes.first else None
+    guard = Guard(config.guard_config(), teacher, plugins=[log] if log is not None else [])
+    if log is not None:
+        log.watch(guard)
     synthesizer = _synthesizer(config, teacher, student, guard, base_dir, device)
     optimizer, scheduler = config.optimizer.build(student.parameters(), config.iterations)
+    update = student_steps(student, optimizer, processes) if processes.world > 1 else None
     evaluate = None
     if evaluation is not None:
         images, labels = evaluation
@@ -92,32 +99,54 @@ def distill(
         def evaluate() -> dict[str, float]:
             return {"student_accuracy": _accuracy(student, images, labels, config, device)}
 
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
     try:
-        result = train(
-            synthesizer,
-            optimizer,
-            config.iterations,
-            kd_steps=config.kd_steps,
-            scheduler=scheduler,
-            checkpoint_path=checkpoint,
-            checkpoint_every=config.checkpoint_every,
-            evaluate=evaluate,
-            evaluate_every=config.evaluation.every if config.evaluation is not None else 0,
-            progress=progress,
-            log_every=config.log_every,
-            extend=extend,
-        )
+        with autocast:
+            result = train(
+                synthesizer,
+                optimizer,
+                config.iterations,
+                kd_steps=config.kd_steps,
+                scheduler=scheduler,
+                checkpoint_path=checkpoint,
+                checkpoint_every=config.checkpoint_every,
+                evaluate=evaluate,
+                evaluate_every=config.evaluation.every if config.evaluation is not None else 0,
+                progress=progress if processes.first else False,
+                log_every=config.log_every,
+                extend=extend,
+                student_update=update,
+                write_checkpoints=processes.first,
+                run_settings={"precision": config.precision},
+            )
     finally:
         synthesizer.close()
         guard.close()
-        log.close()
-    save_weights_atomic(student.state_dict(), output / "student.pt")
+        if log is not None:
+            log.close()
     summary = _summary(config, result, guard, device)
-    if evaluation is not None:
-        summary["teacher_accuracy"] = _accuracy(teacher, *evaluation, config, device)
-    write_json_atomic(summary, output / "summary.json")
-    (output / "report.md").write_text(_report(summary), encoding="utf-8")
-    return DistillResult(output, student, summary, result)
+    summary["processes"] = processes.world
+    summary["students_identical"] = len(set(gathered(digest(student), processes))) == 1
+    summary["verdicts"] = gathered(summary["guard"], processes)
+    if processes.first:
+        save_weights_atomic(student.state_dict(), output / "student.pt")
+        if evaluation is not None:
+            summary["teacher_accuracy"] = _accuracy(teacher, *evaluation, config, device)
+        write_json_atomic(summary, output / "summary.json")
+        (output / "report.md").write_text(_report(summary), encoding="utf-8")
+    return DistillResult(output, student, summary, result, processes)
+
+
+def _check_divisible(config: DistillConfig, processes: Processes) -> None:
+    """Each process trains an equal share of every student batch."""
+    adapter = config.adapter_config()
+    field = "batch_size" if isinstance(adapter, VanillaConfig) else "student_batch_size"
+    size = getattr(adapter, field)
+    if size % processes.world:
+        raise ConfigError(
+            f"adapter.{field}",
+            f"{size} images per student step do not split over {processes.world} processes",
+        )
 
 
 def _seed(seed: int) -> None:
@@ -208,9 +237,9 @@ def _accuracy(
     was_training = model.training
     model.eval()
     correct = 0
-    for start in range(0, len(images), batch_size):
-        x = config.images.normalization.normalize(images[start : start + batch_size].to(device))
-        correct += int((model(x).argmax(1).cpu() == labels[start : start + batch_size]).sum())
+    for begin in range(0, len(images), batch_size):
+        x = config.images.normalization.normalize(images[begin : begin + batch_size].to(device))
+        correct += int((model(x).argmax(1).cpu() == labels[begin : begin + batch_size]).sum())
     model.train(was_training)
     return correct / len(images)
 
