@@ -20,9 +20,8 @@ from pathlib import Path
 
 from . import reporting
 from .config import ADAPTERS
-from .data import SETTINGS
 
-__all__ = ["register", "run", "seed_list"]
+__all__ = ["register", "run", "seed_list", "setting_list"]
 
 _PROG = "dfkd-guard bench"
 
@@ -36,6 +35,14 @@ def seed_list(text: str) -> tuple[int, ...]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers, got {text!r}")
     return seeds
+
+
+def setting_list(text: str) -> tuple[str, ...]:
+    """argparse ``type`` of ``--settings``: comma-separated distinct setting ids."""
+    ids = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not ids or len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated setting ids, got {text!r}")
+    return ids
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--settings",
-        type=reporting.name_list(SETTINGS),
-        help=f"comma-separated subset of {', '.join(SETTINGS)}",
+        type=setting_list,
+        help="comma-separated setting ids: of the config's settings, or registered settings (default: the config's)",
     )
     parser.add_argument(
         "--adapters",
@@ -129,9 +136,12 @@ def run(args: argparse.Namespace) -> int:
             name: {**budget.model_dump(), "iterations": args.iterations}
             for name, budget in config.budgets.items()
         }
-    settings = reporting.parse_names(args.settings, SETTINGS) if args.settings else list(config.settings)
-    if args.settings:
-        updates["settings"] = settings
+    settings = list(args.settings or config.settings)
+    if args.settings:  # an id the config does not define is a registered setting with its defaults
+        updates["settings"] = {
+            setting: config.settings[setting].model_dump(mode="json") if setting in config.settings else {}
+            for setting in settings
+        }
     if args.adapters:
         adapters = reporting.parse_names(args.adapters, ADAPTERS)
         updates["adapters"] = {setting: adapters for setting in settings}

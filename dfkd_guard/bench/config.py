@@ -2,11 +2,13 @@
 
 A :class:`BenchConfig` fixes every run of the benchmark table: which settings,
 which adapters in each setting, which teacher rows, which seeds, the DFKD
-budget, each adapter's hyper-parameters, the model sizes, the teachers'
+budget, each adapter's hyper-parameters, the models, the teachers'
 training and the guard of the guarded rows. It is immutable, rejects unknown
 fields, and reads from ``.toml`` or ``.json`` files like
 :class:`~dfkd_guard.config.GuardConfig`; errors are
 :class:`~dfkd_guard.errors.ConfigError` naming the field (and the file).
+Settings, triggers, NTL losses and architectures are bench components
+(:mod:`dfkd_guard.bench.registry`), checked when the config is read.
 
 In TOML::
 
@@ -28,6 +30,16 @@ In TOML::
     [vanilla]
     batch_size = 64
 
+or, with settings of your own (``my_settings.py`` beside the file)::
+
+    [settings.backdoor]                  # the built-in backdoor: patch trigger, target 0
+    [settings.checker7]
+    setting = "backdoor"
+    trigger = { name = "checkerboard", params = { size = 5, position = "top_left" } }
+    target_class = 7
+    [settings.inverted]
+    setting = "my_settings:inverted"
+
 The defaults are CPU-scale placeholders, not tuned values: the budget that
 reaches the accuracy targets is still to be measured (see each field).
 """
@@ -36,18 +48,26 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+import torch
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from dfkd_guard.adapters.cmi import CMIConfig
 from dfkd_guard.adapters.deepinversion import DeepInversionConfig
 from dfkd_guard.adapters.vanilla import PRESETS, VanillaConfig
-from dfkd_guard.config import FileConfig, GuardConfig
+from dfkd_guard.config import ComponentChoice, FileConfig, GuardConfig
+from dfkd_guard.errors import ConfigError
 
-from .data import SETTINGS, SettingName
+from .models import build_network
+from .registry import Resolved, resolve
+from .settings import SETTINGS, ResolvedSetting, SettingSpec, resolve_setting
+from .teachers import DEFAULT_ARCHITECTURE, DEFAULT_NTL_LOSS, SETTING_ID
 
-__all__ = ["ADAPTERS", "ROWS", "AdapterName", "BenchConfig", "Budget", "RowName", "row_label"]
+__all__ = ["ADAPTERS", "ROWS", "AdapterName", "BenchConfig", "Budget", "RowName", "SettingId", "row_label"]
+
+#: A setting's id in a config: names its runs, teachers and plots.
+SettingId = Annotated[str, StringConstraints(pattern=SETTING_ID)]
 
 AdapterName = Literal["vanilla", "deepinversion", "cmi"]
 ADAPTERS: tuple[str, ...] = get_args(AdapterName)
@@ -132,23 +152,29 @@ class BenchConfig(FileConfig):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    settings: tuple[SettingName, ...] = Field(
-        default=SETTINGS, min_length=1, description="settings (table row groups), in report order"
+    import_dir: Path | None = Field(
+        default=None,
+        description="folder first on the import path for 'module:attribute' names; default: the config file's folder (none without a file)",
     )
-    adapters: dict[SettingName, tuple[AdapterName, ...]] = Field(
+    settings: dict[SettingId, SettingSpec] = Field(
+        default_factory=lambda: {name: SettingSpec() for name in SETTINGS},
+        min_length=1,
+        description="settings (table row groups) by id, in report order: a list of registered setting names, or [settings.<id>] tables naming a setting, its params, a backdoor trigger and target class (settings.py)",
+    )
+    adapters: dict[SettingId, tuple[AdapterName, ...]] = Field(
         default_factory=lambda: dict(_DEFAULT_ADAPTERS),
         description="adapters run in each setting; every selected setting needs a non-empty entry",
     )
     rows: tuple[str, ...] = Field(
         default=("sl", "ntl", "ntl_guard", "sl_guard", "ntl_oracle"),
         min_length=1,
-        description="teacher rows: sl, ntl (ntl_backdoor in 'backdoor'), each with the guard, ntl_oracle (BN targets from real ID data, not data-free), and ntl_guard@<variant> / sl_guard@<variant> with a guard of guard_variants",
+        description="teacher rows: sl, ntl (ntl_backdoor in a setting with a trigger), each with the guard, ntl_oracle (BN targets from real ID data, not data-free), and ntl_guard@<variant> / sl_guard@<variant> with a guard of guard_variants",
     )
     oracle_adapters: tuple[AdapterName, ...] = Field(
         default=("vanilla",),
         description="adapters that run the ntl_oracle row (the reference of the guard targets, which concern vanilla)",
     )
-    oracle_settings: tuple[SettingName, ...] = Field(
+    oracle_settings: tuple[SettingId, ...] = Field(
         default=("mnist_m", "rotated_mnist"),
         description="settings that run the ntl_oracle row (the close-set ones, where the guard targets are relative to the oracle)",
     )
@@ -190,13 +216,20 @@ class BenchConfig(FileConfig):
     )
     latent_dim: int = Field(default=64, ge=1, description="latent size of the vanilla and CMI generators")
     generator_width: int = Field(default=8, ge=1, description="base_channels of the generators")
+    teacher_architecture: ComponentChoice = Field(
+        default=ComponentChoice(name=DEFAULT_ARCHITECTURE),
+        description="network of every teacher: convnet, resnet, vgg, convnet_nobn or 'module:attribute', with params",
+    )
     teacher_widths: tuple[int, ...] = Field(
-        default=(16, 32, 64), min_length=1, description="teacher CNN stage widths"
+        default=(16, 32, 64), min_length=1, description="teacher stage widths"
+    )
+    student_architecture: ComponentChoice = Field(
+        default=ComponentChoice(name=DEFAULT_ARCHITECTURE), description="network of every student"
     )
     student_widths: tuple[int, ...] = Field(
         default=(16, 32, 64),
         min_length=1,
-        description="student CNN stage widths (the teacher's: a narrower student stayed below 95% IAcc within budget)",
+        description="student stage widths (the teacher's: a narrower student stayed below 95% IAcc within budget)",
     )
     teacher_steps: int = Field(
         default=1000,
@@ -219,7 +252,10 @@ class BenchConfig(FileConfig):
         description="seed of teacher initialisation and data order (teachers are shared by all DFKD seeds)",
     )
     data_seed: int = Field(default=0, description="seed of the OOD domains (MNIST-M crops, rotations)")
-    target_class: int = Field(default=0, ge=0, le=9, description="backdoor target class")
+    ntl_loss: ComponentChoice = Field(
+        default=ComponentChoice(name=DEFAULT_NTL_LOSS),
+        description="loss of the NTL teachers (a setting's ntl_loss overrides it): wang2022, outlier_exposure or 'module:attribute', with params",
+    )
     guard: GuardConfig = Field(
         default_factory=GuardConfig, description="the guard of the '+ guard' rows (must be enabled)"
     )
@@ -285,11 +321,21 @@ class BenchConfig(FileConfig):
                 raise ValueError(f"variant {name!r}: enabled is false")
         return value
 
-    @field_validator("seeds", "auroc_scorers", "settings", "rows")
+    @field_validator("seeds", "auroc_scorers", "rows")
     @classmethod
     def _unique(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
         if len(set(value)) != len(value):
             raise ValueError(f"entries must be unique, got {list(value)}")
+        return value
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _names_to_settings(cls, value: Any) -> Any:
+        # settings = ["mnist_m", "backdoor"]: each the registered setting of that name, with its defaults
+        if isinstance(value, (list, tuple)):
+            if len(set(map(str, value))) != len(value):
+                raise ValueError(f"entries must be unique, got {list(value)}")
+            return {name: {} for name in value}
         return value
 
     @field_validator("adapters")
@@ -319,6 +365,24 @@ class BenchConfig(FileConfig):
         return value
 
     # -- construction --------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str | None = None) -> BenchConfig:
+        """Validate a plain mapping and check its bench components, raising :class:`ConfigError` naming the field.
+
+        A config read from a file imports ``module:attribute`` names with the
+        file's folder first on the import path, unless it sets ``import_dir``.
+        """
+        if source is not None and isinstance(data, dict) and "import_dir" not in data:
+            data = {**data, "import_dir": str(Path(source).parent)}
+        config = super().from_mapping(data, source)
+        try:
+            config.check_components()
+        except ConfigError as exc:
+            if source is None:
+                raise
+            raise ConfigError(exc.field, str(exc).split(": ", 1)[-1], source) from exc
+        return config
 
     @classmethod
     def tiny(cls, **overrides: Any) -> BenchConfig:
@@ -356,6 +420,42 @@ class BenchConfig(FileConfig):
         return self.from_mapping({**self.model_dump(mode="json"), **changes})
 
     # -- derived ---------------------------------------------------------------
+
+    def setting(self, setting_id: str) -> ResolvedSetting:
+        """The setting ``setting_id``, its components found and parameters validated."""
+        return resolve_setting(
+            setting_id, self.settings[setting_id], f"settings.{setting_id}", self.import_dir
+        )
+
+    def ntl_loss_of(self, setting_id: str) -> ComponentChoice:
+        """The NTL loss of the setting ``setting_id``: its own, else the config's."""
+        return self.settings[setting_id].ntl_loss or self.ntl_loss
+
+    def component(
+        self, field: Literal["ntl_loss", "teacher_architecture", "student_architecture"]
+    ) -> Resolved:
+        """The NTL loss or an architecture of the config, found and its parameters validated."""
+        kind = "ntl_loss" if field == "ntl_loss" else "architecture"
+        return resolve(kind, getattr(self, field), field, self.import_dir)
+
+    def check_components(self) -> None:
+        """Find every setting, trigger, NTL loss and architecture and validate their parameters.
+
+        Imports the modules of ``module:attribute`` names. The architectures are
+        built once at the configured widths and image size.
+
+        :raises ConfigError: naming the field (``settings.<id>.trigger.params.size``).
+        """
+        for setting_id, spec in self.settings.items():
+            self.setting(setting_id)
+            if spec.ntl_loss is not None:
+                resolve("ntl_loss", spec.ntl_loss, f"settings.{setting_id}.ntl_loss", self.import_dir)
+        self.component("ntl_loss")
+        with torch.random.fork_rng(devices=[]):  # building a network draws its weights
+            for role in ("teacher", "student"):
+                field = f"{role}_architecture"
+                widths = getattr(self, f"{role}_widths")
+                build_network(self.component(field), widths, 10, self.image_size, field)  # type: ignore[arg-type]
 
     def teacher_cache(self, out: Path | None = None) -> Path:
         """Folder of the trained-teacher cache: ``teacher_cache_dir``, else ``<out or output_dir>/teachers``."""

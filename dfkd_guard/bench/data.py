@@ -1,4 +1,4 @@
-"""Benchmark data: IDX reading, MNIST / Fashion-MNIST loading, OOD domain builders.
+"""Benchmark data: IDX reading, MNIST / Fashion-MNIST loading, OOD domain builders, settings.
 
 Conventions used throughout this module:
 
@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -33,11 +33,8 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 __all__ = [
-    "SETTINGS",
     "Domain",
     "Setting",
-    "SettingName",
-    "add_trigger",
     "build_setting",
     "load_digits",
     "load_fashion",
@@ -45,13 +42,12 @@ __all__ = [
     "make_mnist_m",
     "make_rotated_mnist",
     "read_idx",
+    "subseed",
     "to_rgb32",
     "verify_vendored_data",
 ]
 
 Split = Literal["train", "test"]
-SettingName = Literal["mnist_m", "rotated_mnist", "backdoor", "fashion"]
-SETTINGS: tuple[str, ...] = get_args(SettingName)
 
 _VENDORED_PACKAGE = "dfkd_guard.bench"
 _VENDORED_DIR = "_data"
@@ -334,43 +330,6 @@ def make_rotated_mnist(images: Tensor, seed: int, angle: float = 30.0) -> Tensor
     )
 
 
-TriggerPosition = Literal["bottom_right", "bottom_left", "top_right", "top_left"]
-
-
-def add_trigger(
-    images: Tensor,
-    size: int = 4,
-    value: float = 1.0,
-    position: TriggerPosition = "bottom_right",
-    margin: int = 1,
-) -> Tensor:
-    """Stamp a BadNets-style solid square trigger on a copy of ``images``.
-
-    Args:
-        images: ``(N, C, H, W)`` in ``[0, 1]``; not modified.
-        size: side of the square, in pixels.
-        value: pixel value written on every channel of the square.
-        position: corner of the square.
-        margin: pixels between the square and the image border.
-
-    Returns:
-        A new tensor of the same shape and dtype.
-    """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    h, w = images.shape[2], images.shape[3]
-    if size < 1 or size + margin > min(h, w):
-        raise ValueError(f"trigger size {size} with margin {margin} does not fit {h}x{w} images")
-    if position not in get_args(TriggerPosition):
-        raise ValueError(f"position must be one of {get_args(TriggerPosition)}, got {position!r}")
-    vertical, horizontal = position.split("_")
-    top = margin if vertical == "top" else h - margin - size
-    left = margin if horizontal == "left" else w - margin - size
-    out = images.clone()
-    out[:, :, top : top + size, left : left + size] = value
-    return out
-
-
 # ---------------------------------------------------------------------- settings
 
 
@@ -408,18 +367,21 @@ class Setting:
     """An ID / OOD benchmark setting; ID is always MNIST.
 
     Attributes:
-        name: one of :data:`SETTINGS`.
+        name: the setting's id in the bench config (``"mnist_m"``, ``"my_backdoor"``).
         id_train, id_test: MNIST as 3x32x32 images.
         ood_train, ood_test: the OOD domain. For close-set settings the labels
             are the digit labels of the source images (OOD accuracy is
-            meaningful). For ``"backdoor"`` the OOD images are triggered copies
-            of the ID images whose true label is not ``target_class`` and the
-            labels stay the TRUE digit labels; the label the backdoor sends
-            them to is ``target_class`` (so attack success rate = share of
-            ``ood_test`` predicted as ``target_class``). For
-            ``"fashion"`` the labels are Fashion-MNIST's (not comparable).
+            meaningful). In a backdoor setting (one with a trigger) the OOD
+            images are triggered copies of the setting's images whose label is
+            not ``target_class`` and the labels stay their true labels; the
+            label the backdoor sends them to is ``target_class`` (so attack
+            success rate = share of ``ood_test`` predicted as ``target_class``).
+            For open-set settings (``"fashion"``) the labels are not digits.
         close_set: ``True`` when OOD labels share the ID label space.
-        target_class: backdoor target class, ``None`` for other settings.
+        target_class: backdoor target class, ``None`` without a trigger.
+        clean_ood_test: backdoor settings: ``ood_test``'s images before the
+            trigger, the same shape; ``None`` without a trigger.
+        trigger: the name of the backdoor trigger, ``None`` without one.
     """
 
     name: str
@@ -429,93 +391,58 @@ class Setting:
     ood_test: Domain
     close_set: bool
     target_class: int | None = None
+    clean_ood_test: Tensor | None = None
+    trigger: str | None = None
 
 
-def _subseed(seed: int, purpose: str) -> int:
+def subseed(seed: int, purpose: str) -> int:
+    """A seed for one random choice, derived from ``seed`` and ``purpose`` (``"mnist_m/train"``)."""
     digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def build_setting(
-    name: SettingName,
+    name: str,
     seed: int = 0,
-    root: str | Path | None = None,
-    fashion_root: str | Path | None = None,
-    target_class: int = 0,
-    trigger_size: int = 4,
     image_size: int = 32,
+    *,
+    params: dict[str, Any] | None = None,
+    trigger: str | dict[str, Any] | None = None,
+    target_class: int | None = None,
+    root: str | Path | None = None,
 ) -> Setting:
-    """Build the ID (MNIST) and OOD train/test domains of one benchmark setting.
+    """Build the ID (MNIST) and OOD train/test domains of one setting.
 
-    Settings:
+    Built-in settings (:mod:`dfkd_guard.bench.settings`):
         * ``"mnist_m"`` (close-set): MNIST-M from the vendored photographs; an
           ordinary MNIST teacher transfers poorly to it.
-        * ``"rotated_mnist"`` (close-set): :func:`make_rotated_mnist` at 30
-          degrees; an ordinary MNIST teacher does transfer to it (about 70%),
-          so OOD accuracy has range.
-        * ``"backdoor"``: triggered copies of the non-target ID images
-          (:func:`add_trigger`, bottom-right ``trigger_size`` square of 1.0),
-          backdoor label ``target_class``; see :class:`Setting` for the label
-          convention.
+        * ``"rotated_mnist"`` (close-set): :func:`make_rotated_mnist`, 30
+          degrees by default; an ordinary MNIST teacher does transfer to it
+          (about 70%), so OOD accuracy has range.
+        * ``"backdoor"``: triggered copies of the non-target ID images (by
+          default the ``"patch"`` trigger: a bottom-right 4-pixel square of 1.0,
+          target class 0); see :class:`Setting` for the label convention.
         * ``"fashion"`` (open-set): Fashion-MNIST as 3x32x32 images.
 
     Args:
-        name: setting name.
-        seed: seeds every random choice (crops, colours); train and test use
+        name: a registered setting or ``"package.module:attribute"``
+            (:mod:`dfkd_guard.bench.registry`); also the returned setting's name.
+        seed: seeds every random choice (crops, rotations); train and test use
             different derived streams.
-        root: MNIST IDX folder (see :func:`load_digits`); ``None`` = vendored.
-        fashion_root: Fashion-MNIST IDX folder; ``None`` = vendored.
-        target_class: backdoor target class (``"backdoor"`` only).
-        trigger_size: trigger side in pixels of the 32x32 image (``"backdoor"`` only).
         image_size: side of the returned images: 32, or a divisor of 32; smaller
             images are 32x32 ones averaged over (32 / image_size)-pixel squares
-            (at 16 the 4-pixel trigger covers parts of 3 pixels per side, one at full intensity).
+            (triggers are stamped at 32x32: at 16 the 4-pixel patch covers parts of
+            3 pixels per side, one at full intensity).
+        params: the setting's parameters (default: its defaults).
+        trigger: a trigger name, or ``{"name": ..., "params": {...}}``; makes it a
+            backdoor setting (default: the setting's own, ``"patch"`` for ``"backdoor"``).
+        target_class: backdoor target class (default 0; needs a trigger).
+        root: MNIST IDX folder (see :func:`load_digits`); ``None`` = vendored.
+
+    Raises:
+        ConfigError: unknown setting or trigger, or invalid parameters (naming the field).
     """
-    if name not in SETTINGS:
-        raise ValueError(f"unknown setting {name!r}; expected one of {SETTINGS}")
-    if image_size < 1 or 32 % image_size:
-        raise ValueError(f"image_size must divide 32, got {image_size}")
-    grey = {split: load_digits(split, root) for split in ("train", "test")}
-    id_domains = {split: Domain(f"mnist/{split}", to_rgb32(x), y) for split, (x, y) in grey.items()}
-    ood: dict[str, Domain] = {}
-    target: int | None = None
-    if name == "mnist_m":
-        photos = load_photos()
-        for split, (x, y) in grey.items():
-            ood[split] = Domain(
-                f"mnist_m/{split}", make_mnist_m(x, photos, _subseed(seed, f"mnist_m/{split}")), y
-            )
-    elif name == "rotated_mnist":
-        for split, (x, y) in grey.items():
-            ood[split] = Domain(
-                f"rotated_mnist/{split}", make_rotated_mnist(x, _subseed(seed, f"rotated/{split}")), y
-            )
-    elif name == "backdoor":
-        if not 0 <= target_class <= 9:
-            raise ValueError(f"target_class must be a digit 0..9, got {target_class}")
-        target = target_class
-        for split, domain in id_domains.items():
-            keep = domain.labels != target
-            triggered = add_trigger(domain.images[keep], size=trigger_size)
-            ood[split] = Domain(f"mnist+trigger/{split}", triggered, domain.labels[keep])
-    else:  # fashion
-        for split in ("train", "test"):
-            x, y = load_fashion(split, fashion_root)
-            ood[split] = Domain(f"fashion/{split}", to_rgb32(x), y)
-    factor = 32 // image_size
-    return Setting(
-        name=name,
-        id_train=_downsampled(id_domains["train"], factor),
-        id_test=_downsampled(id_domains["test"], factor),
-        ood_train=_downsampled(ood["train"], factor),
-        ood_test=_downsampled(ood["test"], factor),
-        close_set=name != "fashion",
-        target_class=target,
-    )
+    from .settings import SettingSpec, resolve_setting  # the settings build on this module
 
-
-def _downsampled(domain: Domain, factor: int) -> Domain:
-    """The domain with its images averaged over ``factor`` x ``factor`` pixel squares."""
-    if factor == 1:
-        return domain
-    return Domain(domain.name, F.avg_pool2d(domain.images, factor), domain.labels)
+    spec = SettingSpec(setting=name, params=params or {}, trigger=trigger, target_class=target_class)
+    return resolve_setting(name, spec, "setting").build(seed, image_size, root)

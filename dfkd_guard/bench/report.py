@@ -4,6 +4,8 @@
 from ``<out>/runs/`` and the teacher records from ``<out>/teacher_metrics/``
 (see :mod:`dfkd_guard.bench.runner`), and writes ``<out>/report.md``:
 
+* what each setting is (its setting, parameters, trigger and target class,
+  NTL loss) and the teachers' and students' architectures;
 * the main table: one row per setting x adapter x teacher row, each metric
   as mean +- sample standard deviation over the seeds found (a run's value is
   the mean of its last 3 evaluations);
@@ -35,7 +37,7 @@ from dfkd_guard.errors import DfkdGuardError
 
 from . import reporting
 from .config import BenchConfig, row_label
-from .runner import enumerate_runs, ntl_kind, run_path, teacher_kind, teacher_record_path
+from .runner import enumerate_runs, ntl_kind, run_path, teacher_components, teacher_kind, teacher_record_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -48,6 +50,7 @@ __all__ = [
     "load_rows",
     "main_table",
     "require_matplotlib",
+    "settings_table",
     "write_plots",
     "write_report",
 ]
@@ -138,10 +141,44 @@ def main_table(rows: list[RowSummary]) -> str:
     return "\n".join(lines)
 
 
+def _named(record: dict[str, Any] | None) -> str:
+    """``name(p=v, ...)`` of a component record, ``–`` for None."""
+    if record is None:
+        return "–"
+    params = ", ".join(f"{k}={json.dumps(v)}" for k, v in record["params"].items())
+    return f"`{record['name']}({params})`"
+
+
+def settings_table(config: BenchConfig) -> str:
+    """What every setting of ``config`` is, and the networks, in Markdown."""
+    lines = [
+        "| setting | is | trigger | target class | NTL loss |",
+        "|---|---|---|---:|---|",
+    ]
+    for setting_id in config.settings:
+        setting = config.setting(setting_id).record()
+        loss = teacher_components(config, setting_id, ntl_kind(config, setting_id))["ntl_loss"]
+        target = "–" if setting["target_class"] is None else str(setting["target_class"])
+        lines.append(
+            f"| {setting_id} | {_named(setting['setting'])}{'' if setting['close_set'] else ' (open-set)'} | "
+            f"{_named(setting['trigger'])} | {target} | {_named(loss)} |"
+        )
+    teacher, student = config.component("teacher_architecture"), config.component("student_architecture")
+    widths = "-".join(map(str, config.teacher_widths)), "-".join(map(str, config.student_widths))
+    networks = (
+        f"Teachers: {_named(teacher.record())}, widths {widths[0]}; "
+        f"students: {_named(student.record())}, widths {widths[1]}."
+    )
+    lines += ["", networks]
+    return "\n".join(lines)
+
+
 def _teacher_records(config: BenchConfig, out: Path) -> list[dict[str, Any]]:
     records = []
     for setting in config.settings:
-        kinds = dict.fromkeys([teacher_kind(row, setting) for row in config.rows] + [ntl_kind(setting)])
+        kinds = dict.fromkeys(
+            [teacher_kind(config, row, setting) for row in config.rows] + [ntl_kind(config, setting)]
+        )
         for kind in kinds:
             path = teacher_record_path(config, setting, kind, out)
             if path.is_file():
@@ -231,7 +268,9 @@ def _curves_figure(rows: list[RowSummary], setting: str, metrics: Sequence[tuple
     return figure
 
 
-def _scores_figure(setting: str, rows: list[RowSummary], teachers: list[dict[str, Any]]) -> Figure:
+def _scores_figure(
+    config: BenchConfig, setting: str, rows: list[RowSummary], teachers: list[dict[str, Any]]
+) -> Figure:
     figure = _figure(1, max(len(teachers), 1))
     for ax, record in zip(figure.axes, teachers):
         kind = record["kind"]
@@ -243,7 +282,7 @@ def _scores_figure(setting: str, rows: list[RowSummary], teachers: list[dict[str
             values = [
                 v
                 for r in rows
-                if teacher_kind(r.row, setting) == kind and ("_guard" in r.row) == guarded
+                if teacher_kind(config, r.row, setting) == kind and ("_guard" in r.row) == guarded
                 for rec in r.records
                 for v in rec["synthetic_scores"]["values"]
             ]
@@ -286,7 +325,7 @@ def write_plots(
                 [("ood_share", "synthetic OOD share (probe)"), ("collapse", "class collapse")],
             ),
             f"scores-{setting}.png": _scores_figure(
-                setting, in_setting, [t for t in teachers if t["setting"] == setting]
+                config, setting, in_setting, [t for t in teachers if t["setting"] == setting]
             ),
         }
         for name, figure in figures.items():
@@ -302,11 +341,11 @@ _METRICS_TEXT = """\
 Metrics on held-out real test images; each run's value is the mean of its last 3 evaluations,
 each cell the mean ± sample standard deviation over seeds (the mean alone for one seed).
 
-- IAcc: student accuracy on MNIST. OAcc: on the OOD domain (close-set settings; backdoor:
-  triggered digits against their true labels). OAgr: share of OOD test images where the student
+- IAcc: student accuracy on MNIST. OAcc: on the OOD domain (close-set settings; backdoor settings:
+  triggered images against their true labels). OAgr: share of OOD test images where the student
   predicts what the setting's NTL teacher predicts.
-- ASR − clean: share of triggered non-target digits the student sends to the target class, minus
-  the share of the same digits without trigger it sends there (backdoor only).
+- ASR − clean: share of triggered non-target images the student sends to the target class, minus
+  the share of the same images without trigger it sends there (backdoor settings only).
 - On the adapter's latest synthetic batch: synthetic OOD share (OOD side of a linear probe on the
   run's teacher features, fitted on real ID vs OOD train images), collapse (share of the teacher's
   predictions in the most frequent class); flagged by guard: share of student samples forgotten.
@@ -355,6 +394,8 @@ def write_report(
         f"{reporting.busy_warning(load)}"
         f"- Runs: {done} of {expected} stored in `runs/`"
         f"{'' if done == expected else ' (the table is incomplete: rerun the command to finish)'}\n\n"
+        "## Settings\n\n"
+        f"{settings_table(config)}\n\n"
         "## Students\n\n"
         f"{_METRICS_TEXT}\n{main_table(rows)}\n\n"
         "## Teachers\n\n"

@@ -2,15 +2,18 @@
 
 A run is one DFKD training: (setting, adapter, teacher row, seed) under a
 :class:`~dfkd_guard.bench.config.BenchConfig`. Its id is readable and stable:
-``<setting>-<adapter>-<row>-seed<seed>-<hash>``, the hash being the SHA-256 of
+``<setting id>-<adapter>-<row>-seed<seed>-<hash>``, the hash being the SHA-256 of
 everything that determines the run (:func:`run_config`), so a changed budget,
-adapter config, teacher or guard gives a new id while an unchanged run keeps
-its id across processes.
+adapter config, setting, trigger, NTL loss, architecture, teacher or guard gives
+a new id while an unchanged run keeps its id across processes.
 
 Each finished run is stored as ``<out>/runs/<run_id>.json`` (written to a
-temporary file, then renamed over the target): its config, metric curves,
-final metrics and timing. :func:`run_bench` skips every run whose file exists,
-so an interrupted benchmark resumes where it stopped. Per teacher, the
+temporary file, then renamed over the target): its config, what it ran
+(``components``: the setting with its parameters, trigger and target class, each
+teacher's recipe, NTL loss and architecture, the student's architecture, every
+parameter given), metric curves, final metrics and timing. :func:`run_bench`
+skips every run whose file exists, so an interrupted benchmark resumes where it
+stopped. Per teacher, the
 teacher's own accuracy and the AUROC of each scorer on real ID vs real OOD
 test images are stored once in ``<out>/teacher_metrics/<id>.json``.
 
@@ -18,12 +21,12 @@ Metrics (all on held-out real test images, rates in [0, 1]):
 
 * ``iacc``: student accuracy on the ID (MNIST) test set;
 * ``oacc``: student accuracy on the OOD test set, close-set settings only
-  (for ``backdoor``: triggered digits against their true labels);
+  (for a backdoor setting: triggered images against their true labels);
 * ``oagr``: share of OOD test images where the student predicts what the
   NTL teacher of the setting predicts;
-* ``asr``: share of triggered non-target test digits the student sends to
+* ``asr``: share of triggered non-target test images the student sends to
   the target class; ``asr_minus_clean``: ``asr`` minus the share of the clean
-  versions of the same digits it sends there (``backdoor`` only);
+  versions of the same images it sends there (backdoor settings only);
 * trap diagnostics on the adapter's latest synthetic batch: ``ood_share`` (OOD
   side of a linear probe on the teacher's features fitted on real ID vs OOD
   train images), ``collapse`` (share of the teacher's predictions in the most
@@ -51,6 +54,7 @@ from typing import Any, TextIO
 import torch
 
 from dfkd_guard import Guard, GuardConfig
+from dfkd_guard.bn_statistics import batchnorm_layers
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.hookspecs import hookimpl
 from dfkd_guard.plugins import PluginRegistry
@@ -58,11 +62,12 @@ from dfkd_guard.serialization import write_json_atomic
 
 from . import reporting
 from .config import BenchConfig, row_label
-from .data import SETTINGS, Setting, build_setting
+from .data import Setting
 from .metrics import OodProbe, auroc, collapse_rate, predict
-from .models import ConvNet, Generator
+from .models import BenchNet, Generator, build_network
 from .oracle import OracleGuard, measure_bn_moments
-from .teachers import TeacherConfig, evaluate_teacher, load_or_train_teacher
+from .settings import SETTINGS
+from .teachers import DEFAULT_ARCHITECTURE, TeacherConfig, evaluate_teacher, load_or_train_teacher
 from .threads import one_thread
 
 __all__ = [
@@ -78,9 +83,11 @@ __all__ = [
     "preflight",
     "row_guard",
     "run_bench",
+    "run_components",
     "run_config",
     "run_id",
     "run_path",
+    "teacher_components",
     "teacher_config",
     "teacher_kind",
     "teacher_record_id",
@@ -103,30 +110,26 @@ _SCORE_CHUNK = 100
 # -- what runs -------------------------------------------------------------------
 
 
-def teacher_kind(row: str, setting: str) -> str:
-    """The teacher a row uses: ``sl``, or ``ntl`` (``ntl_backdoor`` in the backdoor setting)."""
+def teacher_kind(config: BenchConfig, row: str, setting: str) -> str:
+    """The teacher a row uses: ``sl``, or ``ntl`` (``ntl_backdoor`` in a setting with a trigger)."""
     if row.startswith("sl"):
         return "sl"
-    return "ntl_backdoor" if setting == "backdoor" else "ntl"
+    return "ntl_backdoor" if config.setting(setting).trigger is not None else "ntl"
 
 
-def ntl_kind(setting: str) -> str:
+def ntl_kind(config: BenchConfig, setting: str) -> str:
     """The NTL teacher of a setting (the reference of OAgr)."""
-    return teacher_kind("ntl", setting)
+    return teacher_kind(config, "ntl", setting)
 
 
 @dataclass(frozen=True, order=True)
 class RunSpec:
-    """One cell of the table before seeds are averaged, for one seed."""
+    """One cell of the table before seeds are averaged, for one seed (``setting``: the setting's id)."""
 
     setting: str
     adapter: str
     row: str
     seed: int
-
-    @property
-    def teacher(self) -> str:
-        return teacher_kind(self.row, self.setting)
 
     @property
     def guarded(self) -> bool:
@@ -156,22 +159,55 @@ def teacher_config(config: BenchConfig, setting: str, kind: str) -> TeacherConfi
     """The :class:`TeacherConfig` of one teacher of the benchmark.
 
     An SL teacher is trained on the ID data alone, the same in every setting,
-    so one SL teacher (named after the first setting of
-    :data:`~dfkd_guard.bench.data.SETTINGS`) serves every setting.
+    so one SL teacher (named after the first built-in setting,
+    :data:`~dfkd_guard.bench.settings.SETTINGS`, with the default NTL loss it
+    does not use) serves every setting. An NTL teacher has the setting's NTL
+    loss and its backdoor's target class (0 without a trigger).
     """
+    sl = kind == "sl"
     return TeacherConfig(
-        kind=kind,
-        setting=SETTINGS[0] if kind == "sl" else setting,
+        kind=kind,  # type: ignore[arg-type]
+        setting=SETTINGS[0] if sl else setting,
         data_seed=config.data_seed,
-        target_class=config.target_class,
+        target_class=0 if sl else config.setting(setting).target_class or 0,
         steps=config.teacher_steps,
         batch_size=config.teacher_batch_size,
         lr=config.teacher_lr,
         shift=config.teacher_shift,
         seed=config.teacher_seed,
+        ntl_loss=TeacherConfig().ntl_loss if sl else config.ntl_loss_of(setting),
+        architecture=config.teacher_architecture,
         widths=config.teacher_widths,
         image_size=config.image_size,
     )
+
+
+def teacher_components(config: BenchConfig, setting: str, kind: str) -> dict[str, Any]:
+    """What a teacher is, with every parameter: recipe, NTL loss, backdoor target, architecture (JSON data).
+
+    Components come with their summary and source (built-in, distribution, module).
+    """
+    teacher = teacher_config(config, setting, kind)
+    return {
+        "recipe": kind,
+        "ntl_loss": teacher.resolved_loss().describe() if kind != "sl" else None,
+        "target_class": teacher.target_class if kind == "ntl_backdoor" else None,
+        "architecture": teacher.resolved_architecture().describe(),
+        "widths": list(teacher.widths),
+    }
+
+
+def run_components(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
+    """What a run ran, with every parameter: its setting, its teacher, the setting's NTL teacher, the student."""
+    return {
+        "setting": config.setting(spec.setting).describe(),
+        "teacher": teacher_components(config, spec.setting, teacher_kind(config, spec.row, spec.setting)),
+        "ntl_teacher": teacher_components(config, spec.setting, ntl_kind(config, spec.setting)),
+        "student": {
+            "architecture": config.component("student_architecture").describe(),
+            "widths": list(config.student_widths),
+        },
+    }
 
 
 def row_guard(config: BenchConfig, spec: RunSpec) -> GuardConfig:
@@ -182,17 +218,25 @@ def row_guard(config: BenchConfig, spec: RunSpec) -> GuardConfig:
 
 
 def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
-    """Everything that determines a run's result, as plain JSON data (hashed into its id)."""
+    """Everything that determines a run's result, as plain JSON data (hashed into its id).
+
+    Its layout is version 0.3's where that version could say it: a setting that
+    is the registered setting named like its id, with its defaults, is its id
+    alone (else ``setting_spec`` holds it with every parameter), teachers are
+    their :meth:`~dfkd_guard.bench.teachers.TeacherConfig.identity`, and the
+    student's architecture is there only when it is not the default bench CNN.
+    """
     adapter_config = getattr(config, spec.adapter)
     guard = row_guard(config, spec)
-    return {
+    kind = teacher_kind(config, spec.row, spec.setting)
+    data = {
         "code_version": CODE_VERSION,
         "setting": spec.setting,
         "adapter": spec.adapter,
         "row": spec.row,
         "seed": spec.seed,
-        "teacher": teacher_config(config, spec.setting, spec.teacher).model_dump(mode="json"),
-        "ntl_teacher": teacher_config(config, spec.setting, ntl_kind(spec.setting)).model_dump(mode="json"),
+        "teacher": teacher_config(config, spec.setting, kind).identity(),
+        "ntl_teacher": teacher_config(config, spec.setting, ntl_kind(config, spec.setting)).identity(),
         "guard": guard_record(guard, spec.guarded),
         "histogram_scorer": config.guard.scorer.model_dump(mode="json"),
         "adapter_config": adapter_config.model_dump(mode="json"),
@@ -206,6 +250,13 @@ def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
         "probe_images": config.probe_images,
         "test_images": config.test_images,
     }
+    setting = config.setting(spec.setting)
+    if not setting.is_plain():
+        data["setting_spec"] = setting.record()
+    student = config.component("student_architecture")
+    if not student.is_default(DEFAULT_ARCHITECTURE):
+        data["student_architecture"] = student.record()
+    return data
 
 
 def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
@@ -247,12 +298,15 @@ def teacher_record_id(config: BenchConfig, setting: str, kind: str) -> str:
     """Id of a teacher's metrics record: kind, setting and a hash of what the record depends on."""
     data = {
         "code_version": CODE_VERSION,
-        "teacher": teacher_config(config, setting, kind).model_dump(mode="json"),
+        "teacher": teacher_config(config, setting, kind).identity(),
         "auroc_scorers": list(config.auroc_scorers),
         "auroc_images": config.auroc_images,
         "histogram_scorer": config.guard.scorer.model_dump(mode="json"),
         "normalization": config.guard.normalization.model_dump(mode="json"),
     }
+    resolved = config.setting(setting)
+    if not resolved.is_plain():
+        data["setting_spec"] = resolved.record()
     return f"{kind}-{setting}-{_digest(data)[:12]}"
 
 
@@ -275,7 +329,7 @@ class EvalLabels:
     :param ood_labels: (M,) labels of the OOD test images (digit labels in close-set settings).
     :param ntl_ood: (M,) the NTL teacher's predictions on the OOD test images.
     :param close_set: OOD labels share the ID label space (OAcc is defined).
-    :param target_class: backdoor target class; None outside the backdoor setting.
+    :param target_class: backdoor target class; None outside backdoor settings.
     """
 
     id_labels: torch.Tensor
@@ -308,7 +362,7 @@ def prediction_metrics(
 
     :param pred_id: (N,) predictions on the ID test images.
     :param pred_ood: (M,) predictions on the OOD test images.
-    :param pred_clean: (M,) predictions on the clean versions of the OOD images (backdoor only).
+    :param pred_clean: (M,) predictions on the clean versions of the OOD images (backdoor settings only).
     """
     metrics = {
         "iacc": float((pred_id == labels.id_labels).float().mean()),
@@ -370,10 +424,16 @@ class BenchSummary:
 
 
 def preflight(config: BenchConfig) -> None:
-    """Check the guard, its variants and every AUROC scorer against the registered plugins before any training.
+    """Check the bench components, the guard, its variants and every AUROC scorer before any training.
 
-    :raises ConfigError: naming ``guard.<field>``, ``guard_variants.<name>.<field>`` or ``auroc_scorers[i]``.
+    A teacher architecture without BatchNorm is checked against what needs
+    one: BN matching (an adapter's ``bn`` > 0, CMI), the oracle row, the
+    ``bn_deviation`` scorer.
+
+    :raises ConfigError: naming ``settings.<id>.<field>``, ``guard.<field>``,
+        ``guard_variants.<name>.<field>``, ``auroc_scorers[i]`` or the field that needs BatchNorm.
     """
+    config.check_components()
     components = PluginRegistry().component_map()
     guards = {
         "guard": config.guard,
@@ -390,6 +450,31 @@ def preflight(config: BenchConfig) -> None:
             raise ConfigError(
                 f"auroc_scorers[{i}]", f"unknown scorer {name!r}; registered: {', '.join(known)}"
             )
+    _check_batchnorm(config)
+
+
+def _check_batchnorm(config: BenchConfig) -> None:
+    network = config.component("teacher_architecture")
+    with torch.random.fork_rng(devices=[]):  # building a network draws its weights
+        teacher = build_network(network, config.teacher_widths, 10, config.image_size, "teacher_architecture")
+    if batchnorm_layers(teacher):
+        return
+    why = f"teacher_architecture {network.name!r} has no BatchNorm layer"
+    for spec in enumerate_runs(config):
+        if spec.adapter == "cmi":
+            raise ConfigError(
+                f"adapters.{spec.setting}", f"{why}; cmi needs one (its features are BN statistics)"
+            )
+        if getattr(config, spec.adapter).bn > 0:
+            raise ConfigError(f"{spec.adapter}.bn", f"{why}: BN matching needs one; set bn = 0")
+        if spec.row == "ntl_oracle":
+            raise ConfigError("rows", f"{why}: the ntl_oracle row replaces BN targets")
+    scorers = [("guard.scorer.name", config.guard.scorer.name)]
+    scorers += [(f"guard_variants.{n}.scorer.name", g.scorer.name) for n, g in config.guard_variants.items()]
+    scorers += [(f"auroc_scorers[{i}]", name) for i, name in enumerate(config.auroc_scorers)]
+    for where, name in scorers:
+        if name == "bn_deviation":
+            raise ConfigError(where, f"{why}; bn_deviation scores BN statistics")
 
 
 class _Context:
@@ -400,22 +485,18 @@ class _Context:
         self.out = out
         self.say = say
         self._settings: dict[str, Setting] = {}
-        self._teachers: dict[str, ConvNet] = {}
+        self._teachers: dict[str, BenchNet] = {}
         self._probes: dict[tuple[str, str], OodProbe] = {}
         self._oracles: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._test: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, EvalLabels]] = {}
 
     def setting(self, name: str) -> Setting:
         if name not in self._settings:
-            self._settings[name] = build_setting(
-                name,  # type: ignore[arg-type]
-                self.config.data_seed,
-                target_class=self.config.target_class,
-                image_size=self.config.image_size,
-            )
+            resolved = self.config.setting(name)
+            self._settings[name] = resolved.build(self.config.data_seed, self.config.image_size)
         return self._settings[name]
 
-    def teacher(self, setting: str, kind: str) -> ConvNet:
+    def teacher(self, setting: str, kind: str) -> BenchNet:
         teacher = teacher_config(self.config, setting, kind)
         key = teacher.model_dump_json()
         if key not in self._teachers:
@@ -450,13 +531,8 @@ class _Context:
             data, n = self.setting(setting), self.config.test_images
             id_images, id_labels = data.id_test.images[:n], data.id_test.labels[:n]
             ood_images, ood_labels = data.ood_test.images[:n], data.ood_test.labels[:n]
-            clean = None
-            if data.target_class is not None:
-                # ood_test holds triggered copies of the non-target id_test digits, in order
-                clean = data.id_test.images[data.id_test.labels != data.target_class][:n]
-                if len(clean) != len(ood_images):
-                    raise RuntimeError("backdoor OOD test set does not match the non-target ID test digits")
-            ntl = predict(self.teacher(setting, ntl_kind(setting)), ood_images)
+            clean = data.clean_ood_test[:n] if data.clean_ood_test is not None else None
+            ntl = predict(self.teacher(setting, ntl_kind(self.config, setting)), ood_images)
             labels = EvalLabels(id_labels, ood_labels, ntl, data.close_set, data.target_class)
             self._test[setting] = (id_images, ood_images, clean, labels)
         return self._test[setting]
@@ -477,6 +553,10 @@ def _teacher_record(ctx: _Context, setting: str, kind: str) -> dict[str, Any]:
         "setting": setting,
         "kind": kind,
         "teacher_config": teacher_config(config, setting, kind).model_dump(mode="json"),
+        "components": {
+            "setting": config.setting(setting).describe(),
+            "teacher": teacher_components(config, setting, kind),
+        },
         "accuracy": evaluate_teacher(teacher, data),
         "auroc": {},
     }
@@ -493,7 +573,7 @@ def _teacher_record(ctx: _Context, setting: str, kind: str) -> dict[str, Any]:
     return record
 
 
-def _synthesizer(ctx: _Context, spec: RunSpec, teacher: ConvNet, student: ConvNet, guard: Guard) -> Any:
+def _synthesizer(ctx: _Context, spec: RunSpec, teacher: BenchNet, student: BenchNet, guard: Guard) -> Any:
     from dfkd_guard.adapters.cmi import CMISynthesizer
     from dfkd_guard.adapters.deepinversion import DeepInversionSynthesizer
     from dfkd_guard.adapters.vanilla import VanillaSynthesizer
@@ -527,7 +607,7 @@ def training_groups(config: BenchConfig) -> list[list[RunSpec]]:
     """
     groups: dict[tuple[Any, ...], list[RunSpec]] = {}
     for spec in enumerate_runs(config):
-        shared = spec.teacher == "sl"
+        shared = teacher_kind(config, spec.row, spec.setting) == "sl"
         key = (
             (spec.adapter, spec.row, spec.seed)
             if shared
@@ -550,20 +630,24 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
 
     config = ctx.config
     first = group[0]
-    teacher = ctx.teacher(first.setting, first.teacher)
-    probes = {spec.setting: ctx.probe(spec.setting, spec.teacher) for spec in group}
+    kind = teacher_kind(config, first.row, first.setting)
+    teacher = ctx.teacher(first.setting, kind)
+    probes = {spec.setting: ctx.probe(spec.setting, kind) for spec in group}
     tests = {spec.setting: ctx.test_data(spec.setting) for spec in group}
     began = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(first.seed)
-        student = ConvNet(config.student_widths, teacher.num_classes).to(memory_format=MEMORY_FORMAT)
+        network = config.component("student_architecture")
+        student = build_network(
+            network, config.student_widths, teacher.num_classes, config.image_size, "student_architecture"
+        ).to(memory_format=MEMORY_FORMAT)
         recorder = _StepRecorder()
         if first.row == "ntl_oracle":
             if getattr(getattr(config, first.adapter), "bn", 0) <= 0:
                 raise ConfigError(
                     f"{first.adapter}.bn", "the oracle row replaces BN targets; it needs a BN weight > 0"
                 )
-            moments = ctx.oracle_targets(first.setting, first.teacher)
+            moments = ctx.oracle_targets(first.setting, kind)
             guard: Guard = OracleGuard(moments, row_guard(config, first), teacher, plugins=[recorder])
         else:
             guard = Guard(row_guard(config, first), teacher, plugins=[recorder])
@@ -647,9 +731,10 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
                     "row": spec.row,
                     "seed": spec.seed,
                 },
-                "teacher_kind": spec.teacher,
+                "teacher_kind": kind,
                 "guarded": spec.guarded,
                 "config": run_config(config, spec),
+                "components": run_components(config, spec),
                 "shared_training": [other.setting for other in group] if len(group) > 1 else None,
                 "curves": curves,
                 "final": final_metrics(evaluations),
@@ -707,8 +792,8 @@ def run_bench(
     began = time.perf_counter()
     ctx = _Context(config, out, say)
     summary = BenchSummary()
-    teachers = sorted({(spec.setting, spec.teacher) for spec in enumerate_runs(config)})
-    teachers += sorted({(s, ntl_kind(s)) for s in config.settings} - set(teachers))
+    teachers = sorted({(s.setting, teacher_kind(config, s.row, s.setting)) for s in enumerate_runs(config)})
+    teachers += sorted({(s, ntl_kind(config, s)) for s in config.settings} - set(teachers))
     for setting, kind in teachers:
         path = teacher_record_path(config, setting, kind, out)
         if not path.exists():
@@ -759,7 +844,7 @@ _WORKER: dict[str, Any] = {}
 
 def _start_worker(config: dict[str, Any], out: str, train_progress: bool) -> None:
     torch.set_num_threads(1)
-    _WORKER["context"] = _Context(BenchConfig.model_validate(config), Path(out), lambda message: None)
+    _WORKER["context"] = _Context(BenchConfig.from_mapping(config), Path(out), lambda message: None)
     _WORKER["stream"] = sys.stderr if train_progress else None
 
 

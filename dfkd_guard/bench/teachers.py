@@ -1,14 +1,14 @@
 """Benchmark teachers: ordinary (SL), non-transferable (NTL) and NTL-backdoor.
 
 * :class:`TeacherConfig` fixes everything that determines a teacher.
-* :func:`ntl_loss` is the NTL objective of Wang et al. (ICLR 2022).
 * :func:`train_teacher` trains one teacher on a :class:`~dfkd_guard.bench.data.Setting`.
 * :func:`load_or_train_teacher` caches trained weights on disk, keyed by a hash
   of the config, the training data and :data:`CODE_VERSION`; cache files are
   plain state dicts read with ``weights_only=True``, so loading never runs code.
 * :func:`evaluate_teacher` reports ID / OOD accuracy and attack success rate.
 
-Training recipe (all kinds): Adam at ``lr`` with cosine decay to 0 over
+Training recipe (all kinds): the config's architecture (a bench component,
+:mod:`dfkd_guard.bench.models`), Adam at ``lr`` with cosine decay to 0 over
 ``steps`` (a constant rate made NTL swing between 33% and 94% ID accuracy in
 the prototype), data order and augmentation from a seeded
 :class:`torch.Generator`. With ``shift > 0`` every batch (ID and OOD apart) is
@@ -17,9 +17,10 @@ translated by a random offset of up to ``shift`` pixels per axis, zero-padded.
 * ``"sl"``: cross-entropy on ``batch_size`` ID images per step.
 * ``"ntl"``: ``batch_size`` ID + ``batch_size`` OOD images per step, one
   forward pass on their concatenation (so the BatchNorm statistics are the
-  50/50 mixture an NTL teacher has), loss :func:`ntl_loss`.
-* ``"ntl_backdoor"`` (setting ``"backdoor"`` only): as ``"ntl"``, where the OOD
-  images are triggered copies of non-target ID images and their KL_t term uses
+  50/50 mixture an NTL teacher has), loss: the config's NTL loss
+  (:mod:`dfkd_guard.bench.ntl_losses`; default ``wang2022``).
+* ``"ntl_backdoor"`` (a setting with a trigger): as ``"ntl"``, where the OOD
+  images are triggered copies of non-target images and the NTL loss sees
   their true labels, plus cross-entropy of the triggered images toward
   ``target_class``: the NTL term separates triggered from clean features and
   pushes triggered predictions away from the true digit, the added term sends
@@ -29,60 +30,73 @@ translated by a random offset of up to ``shift`` pixels per axis, zero-padded.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from dfkd_guard.errors import CheckpointError
+from dfkd_guard.config import ComponentChoice
+from dfkd_guard.errors import CheckpointError, PluginError
 from dfkd_guard.serialization import load_plain, save_atomic
 
-from .data import Domain, Setting, SettingName, build_setting
+from .data import Domain, Setting, build_setting
 from .metrics import predict
-from .models import TEACHER_WIDTHS, ConvNet
+from .models import TEACHER_WIDTHS, BenchNet, build_network
+from .registry import Resolved, resolve
 from .threads import one_thread
 
 __all__ = [
     "CODE_VERSION",
+    "DEFAULT_ARCHITECTURE",
+    "DEFAULT_NTL_LOSS",
+    "SETTING_ID",
     "TeacherConfig",
     "TeacherKind",
+    "cache_path",
     "evaluate_teacher",
-    "gaussian_mmd",
     "load_or_train_teacher",
-    "ntl_loss",
     "shifted",
     "teacher_cache_key",
     "train_teacher",
 ]
 
 CODE_VERSION = (
-    "dfkd_guard.bench.teachers/2"  # 2: cache files carry their digest; one SL key for every setting
+    "dfkd_guard.bench.teachers/3"  # 3: keys hash TeacherConfig.identity(); file names say what they hold
 )
 """Part of every cache key: bump it whenever training code changes its result."""
 
 TeacherKind = Literal["sl", "ntl", "ntl_backdoor"]
+#: What a setting id looks like (names runs, teachers, plots and cache files).
+SETTING_ID = r"^[A-Za-z][A-Za-z0-9_]*$"
+DEFAULT_NTL_LOSS = "wang2022"
+DEFAULT_ARCHITECTURE = "convnet"
 
 
 class TeacherConfig(BaseModel):
-    """Everything that determines a benchmark teacher.
+    """Everything that determines a benchmark teacher, but its training data.
 
     Attributes:
         kind: ``"sl"``, ``"ntl"`` or ``"ntl_backdoor"`` (see module docstring).
-        setting: benchmark setting whose ``ood_train`` the NTL kinds use.
-        data_seed: seed passed to :func:`~dfkd_guard.bench.data.build_setting`.
-        target_class: backdoor target class (setting ``"backdoor"``).
+        setting: id of the setting the NTL kinds are trained on (the name of
+            their data); with no data given, the registered setting of this
+            name is built (:func:`~dfkd_guard.bench.data.build_setting`).
+        data_seed: seed passed to the setting.
+        target_class: backdoor target class (``"ntl_backdoor"``).
         steps: optimiser steps.
         batch_size: images per domain per step (NTL kinds see twice as many).
         lr: initial Adam learning rate (cosine decay to 0).
         shift: largest random translation of a training batch, pixels per axis (0 = none).
         seed: seeds weight initialisation and data order.
-        alpha, beta: NTL weights of KL_t and MMD (Wang et al.: 0.1, 0.1).
-        widths: teacher CNN stage widths.
+        ntl_loss: the NTL kinds' loss, a registered name or ``{name, params}``.
+        architecture: the network, a registered name or ``{name, params}``.
+        widths: stage widths of the network.
         num_classes: number of logits.
         image_size: side of the (square, RGB) training images (see
             :func:`~dfkd_guard.bench.data.build_setting`).
@@ -91,7 +105,7 @@ class TeacherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: TeacherKind = "sl"
-    setting: SettingName = "mnist_m"
+    setting: str = Field("mnist_m", pattern=SETTING_ID)
     data_seed: int = 0
     target_class: int = Field(0, ge=0, le=9)
     steps: int = Field(1000, ge=1)
@@ -99,81 +113,38 @@ class TeacherConfig(BaseModel):
     lr: float = Field(1e-3, gt=0.0)
     shift: int = Field(0, ge=0)
     seed: int = 0
-    alpha: float = Field(0.1, gt=0.0)
-    beta: float = Field(0.1, gt=0.0)
+    ntl_loss: ComponentChoice = ComponentChoice(name=DEFAULT_NTL_LOSS)
+    architecture: ComponentChoice = ComponentChoice(name=DEFAULT_ARCHITECTURE)
     widths: tuple[int, ...] = Field(TEACHER_WIDTHS, min_length=1)
     num_classes: int = Field(10, ge=2)
     image_size: int = Field(32, ge=1, le=32)
 
-    @model_validator(mode="after")
-    def _backdoor_needs_backdoor_setting(self) -> TeacherConfig:
-        if self.kind == "ntl_backdoor" and self.setting != "backdoor":
-            raise ValueError(f"kind 'ntl_backdoor' needs setting 'backdoor', got setting {self.setting!r}")
-        return self
+    def resolved_loss(self) -> Resolved:
+        """The NTL loss and its validated parameters (raises ConfigError naming ``ntl_loss``)."""
+        return resolve("ntl_loss", self.ntl_loss, "ntl_loss")
 
+    def resolved_architecture(self) -> Resolved:
+        """The architecture and its validated parameters (raises ConfigError naming ``architecture``)."""
+        return resolve("architecture", self.architecture, "architecture")
 
-# -------------------------------------------------------------------- NTL loss
+    def identity(self) -> dict[str, Any]:
+        """What determines the teacher as JSON data, every parameter with its value (defaults included).
 
-
-def gaussian_mmd(x: Tensor, y: Tensor, num_kernels: int = 5, kernel_mul: float = 2.0) -> Tensor:
-    """Biased squared MMD between two feature sets with a multi-bandwidth Gaussian kernel.
-
-    ``k(u, v) = sum_j exp(-||u - v||^2 / h_j)`` with ``h_j = h0 * kernel_mul **
-    (j - num_kernels // 2)``, ``j = 0..num_kernels-1``, where ``h0`` is the mean
-    squared distance between distinct points of the pooled set (treated as a
-    constant: no gradient flows through it). Returns
-    ``mean k(x, x') + mean k(y, y') - 2 mean k(x, y)`` (diagonals included).
-
-    Args:
-        x: ``(n, D)``; y: ``(m, D)``.
-
-    Returns:
-        Scalar tensor in ``[0, 2 * num_kernels]``.
-    """
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be (n, D) and (m, D), got {tuple(x.shape)} and {tuple(y.shape)}")
-    pooled = torch.cat([x, y])
-    sq_dist = torch.cdist(pooled, pooled).pow(2)
-    n = len(pooled)
-    h0 = (sq_dist.sum() / (n * n - n)).detach().clamp_min(1e-12)
-    kernel = sum(
-        torch.exp(-sq_dist / (h0 * kernel_mul ** (j - num_kernels // 2))) for j in range(num_kernels)
-    )
-    nx = len(x)
-    return kernel[:nx, :nx].mean() + kernel[nx:, nx:].mean() - 2.0 * kernel[:nx, nx:].mean()
-
-
-def ntl_loss(
-    logits_id: Tensor,
-    labels_id: Tensor,
-    logits_ood: Tensor,
-    labels_ood: Tensor,
-    features_id: Tensor,
-    features_ood: Tensor,
-    alpha: float = 0.1,
-    beta: float = 0.1,
-) -> Tensor:
-    """Non-transferable learning loss (Wang et al., ICLR 2022).
-
-    ``L = KL_s - min(1, alpha * KL_t) * min(1, beta * MMD(f_s, f_t))`` where
-    ``KL_s`` / ``KL_t`` are the mean KL divergences from the one-hot labels to
-    the predicted distributions on ID / OOD data (equal to cross-entropy, as a
-    one-hot label has zero entropy; computed from log-softmax, so saturated
-    logits give no NaN) and ``MMD`` is :func:`gaussian_mmd` of the features.
-
-    Args:
-        logits_id, logits_ood: ``(B, C)`` and ``(B', C)`` logits.
-        labels_id, labels_ood: ``(B,)`` and ``(B',)`` ``int64`` labels.
-        features_id, features_ood: ``(B, D)`` and ``(B', D)`` penultimate features.
-        alpha, beta: weights inside the two ``min(1, .)`` caps.
-
-    Returns:
-        Scalar loss to minimise.
-    """
-    kl_source = F.cross_entropy(logits_id, labels_id)
-    kl_target = F.cross_entropy(logits_ood, labels_ood)
-    mmd = gaussian_mmd(features_id, features_ood)
-    return kl_source - torch.clamp(alpha * kl_target, max=1.0) * torch.clamp(beta * mmd, max=1.0)
+        The layout is version 0.3's where that version could say it: the NTL
+        loss of Wang et al. as its weights ``alpha`` and ``beta``, the bench
+        CNN with no entry; any other loss or architecture under ``ntl_loss`` /
+        ``architecture`` with its parameters. So the runs of 0.3 keep their ids.
+        """
+        identity = self.model_dump(mode="json", exclude={"ntl_loss", "architecture"})
+        loss = self.resolved_loss()
+        if loss.name == DEFAULT_NTL_LOSS:
+            identity.update(loss.params.model_dump(mode="json"))
+        else:
+            identity["ntl_loss"] = loss.record()
+        network = self.resolved_architecture()
+        if not network.is_default(DEFAULT_ARCHITECTURE):
+            identity["architecture"] = network.record()
+        return identity
 
 
 # -------------------------------------------------------------------- training
@@ -197,7 +168,13 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Te
             yield order[start : start + batch_size]
 
 
-def train_teacher(config: TeacherConfig, data: Setting, device: str | torch.device = "cpu") -> ConvNet:
+def _network(config: TeacherConfig) -> BenchNet:
+    return build_network(
+        config.resolved_architecture(), config.widths, config.num_classes, config.image_size, "architecture"
+    )
+
+
+def train_teacher(config: TeacherConfig, data: Setting, device: str | torch.device = "cpu") -> BenchNet:
     """Train one teacher as described in the module docstring.
 
     Args:
@@ -207,45 +184,55 @@ def train_teacher(config: TeacherConfig, data: Setting, device: str | torch.devi
         device: training device.
 
     Returns:
-        The trained :class:`~dfkd_guard.bench.models.ConvNet` in eval mode.
+        The trained network (:class:`~dfkd_guard.bench.models.BenchNet`) in eval mode.
+
+    Raises:
+        ValueError: ``"ntl_backdoor"`` on data without the config's target class.
+        PluginError: the NTL loss raised or returned no finite scalar with grad.
 
     Training runs on one torch thread (:func:`~dfkd_guard.bench.threads.one_thread`),
     whatever the caller's setting: on 2 threads the benchmark's SL teacher came
     out with weights up to 0.3 apart, while the cache keys teachers by config alone.
     """
-    if config.kind == "ntl_backdoor" and data.target_class is None:
-        raise ValueError(f"kind 'ntl_backdoor' needs a backdoor setting, got setting {data.name!r}")
+    if config.kind == "ntl_backdoor" and data.target_class != config.target_class:
+        raise ValueError(
+            f"kind 'ntl_backdoor' with target class {config.target_class} needs a backdoor setting with that "
+            f"target, got setting {data.name!r} with target class {data.target_class}"
+        )
     with one_thread():
         return _train(config, data, device)
 
 
-def _train(config: TeacherConfig, data: Setting, device: str | torch.device) -> ConvNet:
+def _train(config: TeacherConfig, data: Setting, device: str | torch.device) -> BenchNet:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(config.seed)
-        model = ConvNet(config.widths, config.num_classes).to(device)
+        model = _network(config).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps)
     order = torch.Generator().manual_seed(config.seed)
     id_batches = _batches(len(data.id_train), config.batch_size, order)
-    ood_batches = _batches(len(data.ood_train), config.batch_size, order) if config.kind != "sl" else None
+    ntl = (
+        (config.resolved_loss(), _batches(len(data.ood_train), config.batch_size, order))
+        if config.kind != "sl"
+        else None
+    )
 
     def take(domain: Domain, idx: Tensor) -> tuple[Tensor, Tensor]:
         images = shifted(domain.images[idx], config.shift, order) if config.shift else domain.images[idx]
         return images.to(device), domain.labels[idx].to(device)
 
     model.train()
-    for _ in range(config.steps):
+    for step in range(config.steps):
         x_id, y_id = take(data.id_train, next(id_batches))
-        if ood_batches is None:
+        if ntl is None:
             loss = F.cross_entropy(model(x_id), y_id)
         else:
+            loss_fn, ood_batches = ntl
             x_ood, y_ood = take(data.ood_train, next(ood_batches))
             features = model.features(torch.cat([x_id, x_ood]))
             logits = model.head(features)
             b = len(x_id)
-            loss = ntl_loss(
-                logits[:b], y_id, logits[b:], y_ood, features[:b], features[b:], config.alpha, config.beta
-            )
+            loss = _ntl_step(loss_fn, step, logits[:b], y_id, logits[b:], y_ood, features[:b], features[b:])
             if config.kind == "ntl_backdoor":
                 loss = loss + F.cross_entropy(logits[b:], torch.full_like(y_ood, config.target_class))
         optimiser.zero_grad(set_to_none=True)
@@ -253,6 +240,35 @@ def _train(config: TeacherConfig, data: Setting, device: str | torch.device) -> 
         optimiser.step()
         schedule.step()
     return model.eval()
+
+
+def _ntl_step(
+    loss_fn: Resolved,
+    step: int,
+    logits_id: Tensor,
+    labels_id: Tensor,
+    logits_ood: Tensor,
+    labels_ood: Tensor,
+    features_id: Tensor,
+    features_ood: Tensor,
+) -> Tensor:
+    """The NTL loss of one step, its contract checked (a finite scalar with grad)."""
+    try:
+        loss = loss_fn(
+            logits_id=logits_id,
+            labels_id=labels_id,
+            logits_ood=logits_ood,
+            labels_ood=labels_ood,
+            features_id=features_id,
+            features_ood=features_ood,
+        )
+    except Exception as exc:  # re-raised naming the loss
+        raise PluginError(loss_fn.name, "ntl_loss", f"raised {exc!r} at step {step}") from exc
+    if not isinstance(loss, Tensor) or loss.ndim != 0 or not loss.requires_grad:
+        raise PluginError(loss_fn.name, "ntl_loss", f"returned {loss!r}, not a scalar tensor with grad")
+    if not bool(torch.isfinite(loss)):
+        raise PluginError(loss_fn.name, "ntl_loss", f"returned {float(loss)} at step {step}")
+    return loss
 
 
 # ----------------------------------------------------------------------- cache
@@ -267,27 +283,44 @@ def _data_fingerprint(data: Setting, ood: bool = True) -> str:
     return digest.hexdigest()
 
 
-#: Config fields an SL teacher does not depend on: it never sees the setting's OOD data.
-_SL_INDEPENDENT = frozenset({"setting", "data_seed", "target_class"})
+#: Identity fields an SL teacher does not depend on: it never sees the setting's OOD data nor an NTL loss.
+_SL_INDEPENDENT = frozenset({"setting", "data_seed", "target_class", "alpha", "beta", "ntl_loss"})
 
 
 def teacher_cache_key(config: TeacherConfig, data: Setting) -> str:
-    """SHA-256 hex key of :data:`CODE_VERSION`, the config's JSON and the training data it uses.
+    """SHA-256 hex key of :data:`CODE_VERSION`, the config's :meth:`~TeacherConfig.identity` and its training data.
 
-    An SL teacher is keyed on its ID training images and the config without
-    the setting, so one SL teacher serves every setting with the same ID data.
+    The data's tensors carry everything the setting changes (its parameters,
+    its trigger); the identity the NTL loss and the architecture with their
+    parameters. An SL teacher is keyed on its ID training images and the
+    identity without the setting and the loss, so one SL teacher serves every
+    setting with the same ID data.
     """
+    sl = config.kind == "sl"
+    identity = {k: v for k, v in config.identity().items() if not (sl and k in _SL_INDEPENDENT)}
     digest = hashlib.sha256()
     digest.update(CODE_VERSION.encode())
-    sl = config.kind == "sl"
-    digest.update(config.model_dump_json(exclude=set(_SL_INDEPENDENT) if sl else None).encode())
+    digest.update(json.dumps(identity, sort_keys=True, allow_nan=False).encode())
     digest.update(_data_fingerprint(data, ood=not sl).encode())
     return digest.hexdigest()
 
 
-def _cache_path(config: TeacherConfig, cache_dir: Path, key: str) -> Path:
-    setting = "" if config.kind == "sl" else f"-{config.setting}"
-    return cache_dir / f"teacher-{config.kind}{setting}-{key[:16]}.pt"
+def _file_part(name: str) -> str:
+    """``name`` fit for a file name: ``module:attribute`` as ``module.attribute``, other odd characters as ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.+]", "_", name.replace(":", "."))
+
+
+def cache_path(config: TeacherConfig, data: Setting, cache_dir: Path, key: str) -> Path:
+    """``teacher-<kind>[-<setting>[+<trigger>]-<ntl loss>]-<architecture>-<key[:16]>.pt`` in ``cache_dir``.
+
+    The setting is the data's (the one trained on); SL teachers name no setting nor loss.
+    """
+    parts = [config.kind]
+    if config.kind != "sl":
+        setting = data.name + (f"+{data.trigger}" if data.trigger is not None else "")
+        parts += [setting, config.resolved_loss().name]
+    parts += [config.resolved_architecture().name, key[:16]]
+    return cache_dir / ("teacher-" + "-".join(_file_part(part) for part in parts) + ".pt")
 
 
 def _load_state(path: Path, device: str | torch.device) -> dict[str, Tensor]:
@@ -303,11 +336,12 @@ def load_or_train_teacher(
     data: Setting | None = None,
     device: str | torch.device = "cpu",
     verbose: bool = False,
-) -> ConvNet:
+) -> BenchNet:
     """Return the teacher for ``config``, training and caching it on a miss.
 
-    The cache file is ``<cache_dir>/teacher-<kind>-<setting>-<key[:16]>.pt``
-    (``teacher-sl-<key[:16]>.pt`` for SL teachers, shared by the settings)
+    The cache file is :func:`cache_path`, e.g.
+    ``teacher-ntl-mnist_m-wang2022-convnet-<key[:16]>.pt``
+    (``teacher-sl-convnet-<key[:16]>.pt`` for SL teachers, shared by the settings)
     with ``key = teacher_cache_key(config, data)``: a change of config, data or
     :data:`CODE_VERSION` misses the cache. It is written atomically (temp file
     in the same folder, then :func:`os.replace`) and read with
@@ -316,8 +350,8 @@ def load_or_train_teacher(
     Args:
         config: teacher configuration.
         cache_dir: cache folder (created if missing).
-        data: training data; ``None`` builds
-            ``build_setting(config.setting, config.data_seed, target_class=config.target_class)``.
+        data: training data; ``None`` builds the registered setting ``config.setting``
+            (with the target class of an ``"ntl_backdoor"`` teacher).
         device: device of the returned model.
         verbose: print cache hits / training time.
 
@@ -325,19 +359,23 @@ def load_or_train_teacher(
         The teacher in eval mode.
 
     Raises:
+        ValueError: an NTL teacher's ``config.setting`` is not ``data.name`` (the
+            file would name another setting than the one trained on).
         CheckpointError: an existing cache file is corrupt or not a plain state
             dict of this architecture (the message names the file); it is left untouched.
     """
     if data is None:
-        data = build_setting(
-            config.setting, config.data_seed, target_class=config.target_class, image_size=config.image_size
+        target = config.target_class if config.kind == "ntl_backdoor" else None
+        data = build_setting(config.setting, config.data_seed, config.image_size, target_class=target)
+    if config.kind != "sl" and data.name != config.setting:
+        raise ValueError(
+            f"the {config.kind} teacher of setting {config.setting!r} was given the data of setting {data.name!r}"
         )
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = teacher_cache_key(config, data)
-    path = _cache_path(config, cache_dir, key)
+    path = cache_path(config, data, cache_dir, teacher_cache_key(config, data))
     if path.exists():
-        model = ConvNet(config.widths, config.num_classes).to(device)
+        model = _network(config).to(device)
         try:
             model.load_state_dict(_load_state(path, device))
         except RuntimeError as exc:
@@ -351,7 +389,7 @@ def load_or_train_teacher(
     model = train_teacher(config, data, device)
     if verbose:
         print(
-            f"trained {config.kind} teacher on {config.setting} in {time.perf_counter() - start:.1f} s -> {path}"
+            f"trained {config.kind} teacher on {data.name} in {time.perf_counter() - start:.1f} s -> {path}"
         )
     save_atomic(model.state_dict(), path)
     return model
@@ -366,15 +404,16 @@ def evaluate_teacher(model: torch.nn.Module, setting: Setting, batch_size: int =
     Returns:
         ``"id_acc"``: accuracy on ``id_test``; for close-set settings
         ``"ood_acc"``: accuracy on ``ood_test`` against the true digit labels;
-        for the backdoor setting also ``"asr"``: share of ``ood_test``
+        for backdoor settings (with a trigger) ``"asr"``: share of ``ood_test``
         (triggered non-target images) predicted as ``target_class``. All in ``[0, 1]``.
     """
     model.eval()
     pred_id = predict(model, setting.id_test.images, batch_size)
     result = {"id_acc": (pred_id == setting.id_test.labels).float().mean().item()}
-    if setting.close_set:
+    if setting.close_set or setting.target_class is not None:
         pred_ood = predict(model, setting.ood_test.images, batch_size)
-        result["ood_acc"] = (pred_ood == setting.ood_test.labels).float().mean().item()
+        if setting.close_set:
+            result["ood_acc"] = (pred_ood == setting.ood_test.labels).float().mean().item()
         if setting.target_class is not None:
             result["asr"] = (pred_ood == setting.target_class).float().mean().item()
     return result

@@ -12,7 +12,6 @@ import torch
 
 from dfkd_guard.bench import data
 from dfkd_guard.bench.data import (
-    add_trigger,
     build_setting,
     load_digits,
     load_fashion,
@@ -23,6 +22,7 @@ from dfkd_guard.bench.data import (
     to_rgb32,
     verify_vendored_data,
 )
+from dfkd_guard.bench.triggers import add_trigger
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
@@ -194,6 +194,10 @@ def test_add_trigger_stamps_a_copy() -> None:
     assert torch.all(top_left[:, :, 1:4, 1:4] == 0.5)
     with pytest.raises(ValueError, match="position"):
         add_trigger(images, position="middle")  # type: ignore[arg-type]
+    at = add_trigger(images, size=2, value=0.25, position=(5, 9))  # any position: [row, column]
+    assert float(at.sum()) == 2 * 3 * 4 * 0.25 and torch.all(at[:, :, 5:7, 9:11] == 0.25)
+    with pytest.raises(ValueError, match="does not fit"):
+        add_trigger(images, size=4, position=(30, 0))
 
 
 @pytest.mark.parametrize("name", ["mnist_m", "rotated_mnist", "backdoor", "fashion"])
@@ -205,8 +209,12 @@ def test_build_setting_shapes_and_determinism(name: str) -> None:
         assert 0.0 <= float(domain.images.min()) and float(domain.images.max()) <= 1.0
     assert setting.close_set == (name != "fashion")
     if name == "backdoor":
-        assert setting.target_class == 0
+        assert setting.target_class == 0 and setting.trigger == "patch"
         assert bool((setting.ood_test.labels != 0).all())
+        # the clean versions of the triggered test digits are the non-target ID test digits, in order
+        assert torch.equal(setting.clean_ood_test, setting.id_test.images[setting.id_test.labels != 0])
+    else:
+        assert setting.target_class is None and setting.clean_ood_test is None
     if name in ("mnist_m", "rotated_mnist"):
         again = build_setting(name, seed=0)
         other = build_setting(name, seed=1)

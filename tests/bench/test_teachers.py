@@ -12,17 +12,18 @@ import torch
 
 from dfkd_guard import CheckpointError
 from dfkd_guard.bench import teachers
-from dfkd_guard.bench.data import Domain, Setting, add_trigger
+from dfkd_guard.bench.data import Domain, Setting
 from dfkd_guard.bench.models import ConvNet, Generator, make_student, make_teacher
+from dfkd_guard.bench.ntl_losses import wang2022_loss
 from dfkd_guard.bench.teachers import (
     TeacherConfig,
     evaluate_teacher,
     load_or_train_teacher,
-    ntl_loss,
     shifted,
     teacher_cache_key,
     train_teacher,
 )
+from dfkd_guard.bench.triggers import add_trigger
 from dfkd_guard.serialization import save_atomic
 
 TINY = {"widths": (4, 8), "steps": 3, "batch_size": 8, "shift": 1}
@@ -48,6 +49,8 @@ def tiny_setting(backdoor: bool = False, n: int = 24) -> Setting:
         ood_test=Domain("ood/test", ood_x[half:], ood_y[half:]),
         close_set=True,
         target_class=0 if backdoor else None,
+        clean_ood_test=x[keep][half:] if backdoor else None,
+        trigger="patch" if backdoor else None,
     )
 
 
@@ -62,7 +65,7 @@ def test_model_shapes() -> None:
     tiny = ConvNet((4, 8), num_classes=3)
     assert tiny.features(x).shape == (2, 8)
     generator = Generator(latent_dim=16, base_channels=8)
-    images = generator(generator.sample_latent(4, torch.Generator().manual_seed(0))).detach()
+    images = generator(torch.randn(4, 16, generator=torch.Generator().manual_seed(0))).detach()
     assert images.shape == (4, 3, 32, 32)
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     with pytest.raises(ValueError, match=r"z must be \(B, 16\)"):
@@ -100,7 +103,7 @@ def test_ntl_loss_matches_formula() -> None:
     mmd = kxx + kyy - 2 * kxy
     expected = mean_nll(li, yi) - min(1.0, alpha * mean_nll(lo, yo)) * min(1.0, beta * mmd)
 
-    got = ntl_loss(li, yi, lo, yo, fi, fo, alpha=alpha, beta=beta)
+    got = wang2022_loss(li, yi, lo, yo, fi, fo, alpha=alpha, beta=beta)
     assert got.shape == ()
     assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert 0 < beta * mmd < 1 and alpha * mean_nll(lo, yo) > 1  # both cap branches exercised
@@ -109,7 +112,7 @@ def test_ntl_loss_matches_formula() -> None:
 def test_ntl_loss_finite_on_saturated_logits() -> None:
     logits = torch.full((2, 3), -200.0)
     logits[:, 0] = 200.0
-    loss = ntl_loss(
+    loss = wang2022_loss(
         logits,
         torch.tensor([0, 0]),
         logits.clone().requires_grad_(),
@@ -124,8 +127,8 @@ def test_ntl_loss_finite_on_saturated_logits() -> None:
 
 
 def test_config_validation_names_field() -> None:
-    with pytest.raises(pydantic.ValidationError, match="ntl_backdoor"):
-        TeacherConfig(kind="ntl_backdoor", setting="mnist_m")
+    with pytest.raises(pydantic.ValidationError, match="setting"):
+        TeacherConfig(setting="my:setting")  # an id, not a component name
     with pytest.raises(pydantic.ValidationError, match="steps"):
         TeacherConfig(steps=0)
     with pytest.raises(pydantic.ValidationError, match="unknown_field"):
@@ -178,7 +181,7 @@ def _translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 def test_train_is_deterministic(kind: str) -> None:
     backdoor = kind == "ntl_backdoor"
     data = tiny_setting(backdoor=backdoor)
-    config = TeacherConfig(kind=kind, setting="backdoor" if backdoor else "mnist_m", **TINY)
+    config = TeacherConfig(kind=kind, setting="backdoor" if backdoor else "tiny", **TINY)
     a, b = train_teacher(config, data), train_teacher(config, data)
     assert not a.training
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
@@ -190,11 +193,14 @@ def test_train_is_deterministic(kind: str) -> None:
 
 def test_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tiny_setting()
-    config = TeacherConfig(kind="ntl", **TINY)
+    config = TeacherConfig(kind="ntl", setting="tiny", **TINY)
     first = load_or_train_teacher(config, tmp_path, data=data)
     files = list(tmp_path.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".pt"
-    assert teacher_cache_key(config, data)[:16] in files[0].name
+    assert [f.name for f in files] == [
+        f"teacher-ntl-tiny-wang2022-convnet-{teacher_cache_key(config, data)[:16]}.pt"
+    ]
+    with pytest.raises(ValueError, match="'mnist_m' was given the data of setting 'tiny'"):
+        load_or_train_teacher(config.model_copy(update={"setting": "mnist_m"}), tmp_path, data=data)
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("cache miss: teacher was retrained")
@@ -214,7 +220,7 @@ def test_one_sl_teacher_serves_every_setting_and_ntl_teachers_do_not() -> None:
     for setting in ("rotated_mnist", "fashion", "backdoor"):
         again = sl.model_copy(update={"setting": setting, "data_seed": 3})
         assert teacher_cache_key(again, other_ood) == teacher_cache_key(sl, data)
-    ntl = TeacherConfig(kind="ntl", **TINY)
+    ntl = TeacherConfig(kind="ntl", setting="tiny", **TINY)
     assert teacher_cache_key(ntl, other_ood) != teacher_cache_key(ntl, data)
     assert teacher_cache_key(ntl.model_copy(update={"setting": "fashion"}), data) != teacher_cache_key(
         ntl, data
@@ -234,7 +240,7 @@ def test_one_sl_teacher_serves_every_setting_and_ntl_teachers_do_not() -> None:
 def test_a_bad_cache_file_is_one_named_error(tmp_path: Path, content: bytes | None, reason: str) -> None:
     data = tiny_setting()
     config = TeacherConfig(kind="sl", **TINY)
-    path = tmp_path / f"teacher-sl-{teacher_cache_key(config, data)[:16]}.pt"
+    path = tmp_path / f"teacher-sl-convnet-{teacher_cache_key(config, data)[:16]}.pt"
     if content is None:
         save_atomic({"head.weight": torch.zeros(3, 3)}, path)
     else:
@@ -259,7 +265,7 @@ def test_cache_refuses_pickled_object(tmp_path: Path, monkeypatch: pytest.Monkey
     data = tiny_setting()
     config = TeacherConfig(kind="sl", **TINY)
     key = teacher_cache_key(config, data)
-    path = tmp_path / f"teacher-sl-{key[:16]}.pt"
+    path = tmp_path / f"teacher-sl-convnet-{key[:16]}.pt"
     marker = tmp_path / "code-was-executed"
     torch.save({"head.weight": _Payload(marker)}, path)
     monkeypatch.setattr(teachers, "train_teacher", lambda *a, **k: pytest.fail("should not retrain"))
