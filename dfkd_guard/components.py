@@ -68,6 +68,7 @@ __all__ = [
     "Component",
     "ComponentKind",
     "NoParams",
+    "keyword_arguments",
     "penalty",
     "scorer",
     "weighting",
@@ -84,6 +85,37 @@ COMPONENT_ARGUMENTS: dict[ComponentKind, tuple[str, ...]] = {
 }
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def keyword_arguments(
+    function: Callable[..., Any], kind: str, allowed: tuple[str, ...]
+) -> tuple[str, ...] | None:
+    """The keyword arguments ``function`` takes, all among ``allowed``; None if it takes ``**kwargs``.
+
+    Shared by the guard's plugin registry and the bench's: a component is called
+    with keyword arguments only, the subset of ``allowed`` its function names.
+
+    :param kind: the component's kind, as the message names it.
+    :raises ValueError: the signature cannot be read, or names a positional-only
+        argument or one outside ``allowed``.
+    """
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot read the signature of its function: {exc}") from exc
+    names: list[str] = []
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            return None
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            continue
+        if parameter.kind is parameter.POSITIONAL_ONLY or parameter.name not in allowed:
+            raise ValueError(
+                f"its function takes {parameter.name!r}; a {kind} is called with keyword arguments "
+                f"from {', '.join(allowed)}"
+            )
+        names.append(parameter.name)
+    return tuple(names)
 
 
 class NoParams(BaseModel):

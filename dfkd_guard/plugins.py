@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import inspect
 import os
 import warnings
 from collections.abc import Iterable
@@ -32,7 +31,13 @@ import torch
 from torch import nn
 
 from dfkd_guard import hookspecs
-from dfkd_guard.components import COMPONENT_ARGUMENTS, COMPONENT_KINDS, Component, ComponentKind
+from dfkd_guard.components import (
+    COMPONENT_ARGUMENTS,
+    COMPONENT_KINDS,
+    Component,
+    ComponentKind,
+    keyword_arguments,
+)
 from dfkd_guard.errors import PluginError
 from dfkd_guard.sample_weights import SampleWeights
 
@@ -98,27 +103,10 @@ def _arguments_of(component: Component, plugin_name: str) -> tuple[str, ...] | N
     :raises PluginError: the signature cannot be read, or names an argument
         the guard does not pass to a component of this kind.
     """
-    where = f"{component.kind} {component.name!r}"
-    allowed = COMPONENT_ARGUMENTS[component.kind]
     try:
-        signature = inspect.signature(component.function)
-    except (TypeError, ValueError) as exc:
-        raise PluginError(plugin_name, where, f"cannot read the signature of its function: {exc}") from exc
-    names: list[str] = []
-    for parameter in signature.parameters.values():
-        if parameter.kind is parameter.VAR_KEYWORD:
-            return None
-        if parameter.kind is parameter.VAR_POSITIONAL:
-            continue
-        if parameter.kind is parameter.POSITIONAL_ONLY or parameter.name not in allowed:
-            raise PluginError(
-                plugin_name,
-                where,
-                f"its function takes {parameter.name!r}; a {component.kind} is called with keyword arguments "
-                f"from {', '.join(allowed)}",
-            )
-        names.append(parameter.name)
-    return tuple(names)
+        return keyword_arguments(component.function, component.kind, COMPONENT_ARGUMENTS[component.kind])
+    except ValueError as exc:
+        raise PluginError(plugin_name, f"{component.kind} {component.name!r}", str(exc)) from exc
 
 
 @dataclass(frozen=True)

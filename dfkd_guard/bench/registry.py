@@ -79,7 +79,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from dfkd_guard.components import NoParams
+from dfkd_guard.components import NoParams, keyword_arguments
 from dfkd_guard.config import ComponentChoice, config_error
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.plugins import AUTOLOAD_ENV
@@ -185,24 +185,10 @@ class BenchComponent:
 
 
 def _arguments_of(function: Callable[..., Any], kind: BenchKind, where: str) -> tuple[str, ...] | None:
-    allowed = ARGUMENTS[kind]
     try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: cannot read the signature of its function: {exc}") from exc
-    names = []
-    for parameter in signature.parameters.values():
-        if parameter.kind is parameter.VAR_KEYWORD:
-            return None
-        if parameter.kind is parameter.VAR_POSITIONAL:
-            continue
-        if parameter.kind is parameter.POSITIONAL_ONLY or parameter.name not in allowed:
-            raise ValueError(
-                f"{where}: its function takes {parameter.name!r}; a {kind} is called with keyword arguments "
-                f"from {', '.join(allowed)}"
-            )
-        names.append(parameter.name)
-    return tuple(names)
+        return keyword_arguments(function, kind, ARGUMENTS[kind])
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
 
 
 def _decorator(
