@@ -33,10 +33,12 @@ from dfkd_guard.errors import CheckpointError
 __all__ = [
     "FILE_FORMAT",
     "load_plain",
+    "load_weights_only",
     "non_finite_tensors",
     "plain_digest",
     "save_atomic",
     "save_weights_atomic",
+    "verified_content",
     "write_json_atomic",
 ]
 
@@ -138,39 +140,55 @@ def write_json_atomic(data: Any, path: str | Path) -> None:
     _write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def load_plain(path: str | Path, what: str = "dfkd-guard checkpoint") -> dict[str, Any]:
-    """Read a dict written by :func:`save_atomic` onto the CPU and verify its digest.
+def load_weights_only(path: str | Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU: tensors and plain data, never code.
 
     :param what: how the error message names the file's role.
-    :raises CheckpointError: naming the file and the reason: missing, not a
-        loadable file of plain data (truncated, corrupt, or a pickle that would
-        execute code), not written by :func:`save_atomic`, or its content does
-        not match its digest.
+    :raises CheckpointError: naming the file: missing, or not loadable as plain
+        data (truncated, corrupt, or a pickle that would execute code).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, f"no {what} there")
     try:
-        wrapped = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike become one named error
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(path, f"not a loadable {what} of plain tensors and data ({reason})") from None
-    if not isinstance(wrapped, dict) or wrapped.get("format") != FILE_FORMAT:
+
+
+def verified_content(loaded: Any, path: str | Path, what: str) -> dict[str, Any]:
+    """The content of what :func:`load_weights_only` read from a :func:`save_atomic` file, its digest checked.
+
+    :raises CheckpointError: naming the file: not written by :func:`save_atomic`,
+        or its content does not match its digest.
+    """
+    if not isinstance(loaded, dict) or loaded.get("format") != FILE_FORMAT:
         raise CheckpointError(
             path, f"not a {what} written by this version of dfkd-guard (no {FILE_FORMAT!r} header)"
         )
-    content = wrapped.get("content")
+    content = loaded.get("content")
     if not isinstance(content, dict):
         raise CheckpointError(path, f"a {what} must hold a dict, got {type(content).__name__}")
     try:
         actual = plain_digest(content)
     except TypeError as exc:
         raise CheckpointError(path, f"the {what} holds {exc}") from None
-    if actual != wrapped.get("sha256"):
+    if actual != loaded.get("sha256"):
         raise CheckpointError(
             path, f"the {what} is corrupt: its content does not match the SHA-256 digest stored with it"
         )
     return content
+
+
+def load_plain(path: str | Path, what: str = "dfkd-guard checkpoint") -> dict[str, Any]:
+    """Read a dict written by :func:`save_atomic` onto the CPU and verify its digest.
+
+    :param what: how the error message names the file's role.
+    :raises CheckpointError: naming the file and the reason (see
+        :func:`load_weights_only` and :func:`verified_content`).
+    """
+    return verified_content(load_weights_only(path, what), path, what)
 
 
 def non_finite_tensors(state: Any, prefix: str = "") -> list[str]:

@@ -155,7 +155,7 @@ def test_a_changed_config_is_refused_and_extend_continues(
         ),
         (
             lambda t: t.replace('weights = "teacher.pt"', 'weights = "code.pt"'),
-            "code.pt: not a weights file of plain tensors",
+            "code.pt: not a loadable weights file of plain tensors",
         ),
         (
             lambda t: t.replace('weights = "teacher.pt"', 'weights = "other.pt"'),

@@ -68,7 +68,6 @@ import importlib.metadata
 import inspect
 import os
 import re
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +81,7 @@ from pydantic import BaseModel, ValidationError
 from dfkd_guard.components import NoParams, keyword_arguments
 from dfkd_guard.config import ComponentChoice, config_error
 from dfkd_guard.errors import ConfigError
+from dfkd_guard.imports import import_named
 from dfkd_guard.plugins import AUTOLOAD_ENV
 
 __all__ = [
@@ -344,18 +344,7 @@ def _import_component(
         raise ConfigError(
             field, f"expected a registered {kind} name or 'package.module:attribute', got {name!r}"
         )
-    folder = str(Path(import_dir).resolve()) if import_dir is not None else None
-    added = folder is not None and folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # an import error or an error in the module's code, named with the field
-        where = f" (looked first in {folder})" if folder else ""
-        raise ConfigError(field, f"cannot import {module_name!r}{where}: {exc!r}") from exc
-    finally:
-        if added:
-            sys.path.remove(folder)
+    module = import_named(module_name, import_dir, field)
     target: Any = module
     for part in attribute.split("."):
         target = getattr(target, part, None)

@@ -11,8 +11,6 @@ code, as any import does: name only modules you trust. Weights are read with
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from dfkd_guard.errors import CheckpointError, ConfigError
-from dfkd_guard.serialization import FILE_FORMAT, load_plain
+from dfkd_guard.imports import import_named
+from dfkd_guard.serialization import FILE_FORMAT, load_weights_only, verified_content
 
 __all__ = ["ModelSpec", "build_model", "load_state_dict_file"]
 
@@ -48,16 +47,7 @@ class ModelSpec(BaseModel):
 
 def _import(spec: ModelSpec, field: str, base_dir: Path) -> Any:
     module_name, _, attribute = spec.model.partition(":")
-    added = str(base_dir) not in sys.path
-    if added:
-        sys.path.insert(0, str(base_dir))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{field}.model", f"cannot import {module_name!r}: {exc}") from exc
-    finally:
-        if added:
-            sys.path.remove(str(base_dir))
+    module = import_named(module_name, base_dir, f"{field}.model")
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -74,15 +64,9 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     :raises CheckpointError: naming the file when it is missing, not loadable
         without executing code, or not a dict of tensors.
     """
-    if not path.is_file():
-        raise CheckpointError(path, "no weights file there")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike become one named error
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, f"not a weights file of plain tensors ({reason})") from None
+    state = load_weights_only(path, "weights file")
     if isinstance(state, dict) and state.get("format") == FILE_FORMAT:
-        state = load_plain(path, "weights file")
+        state = verified_content(state, path, "weights file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(path, "a weights file must hold a state dict: names mapped to tensors")
     return state

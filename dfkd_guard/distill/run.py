@@ -12,7 +12,6 @@ The run folder (``config.output``) holds:
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import platform
@@ -38,6 +37,7 @@ from dfkd_guard.distill.models import ModelSpec, build_model
 from dfkd_guard.distill.parallel import Processes, digest, gathered, start, student_steps
 from dfkd_guard.distill.run_log import RunLog
 from dfkd_guard.errors import ConfigError
+from dfkd_guard.imports import import_named
 from dfkd_guard.serialization import save_weights_atomic, write_json_atomic
 
 __all__ = ["DistillResult", "distill", "load_evaluation"]
@@ -205,9 +205,10 @@ def load_evaluation(spec: EvaluationSpec, base_dir: Path) -> tuple[torch.Tensor,
             raise ConfigError(field, f"cannot read 'images' and 'labels' from {path}: {exc}") from None
     else:
         module_name, _, attribute = str(spec.dataset).partition(":")
+        module = import_named(module_name, base_dir, field)
         try:
-            images, labels = getattr(importlib.import_module(module_name), attribute)()
-        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+            images, labels = getattr(module, attribute)()
+        except (AttributeError, TypeError, ValueError) as exc:
             raise ConfigError(field, f"{spec.dataset} did not give (images, labels): {exc}") from None
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
