@@ -219,7 +219,7 @@ def _check_same_run(state: dict[str, Any], path: Path, fingerprint: dict[str, An
         shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
         hint = (
             " (to continue it on purpose with more iterations: train(..., extend=True), or dfkd-guard distill --extend)"
-            if fields == ("iterations",) or all(f.startswith(EXTENSIBLE) for f in fields)
+            if all(f.startswith(EXTENSIBLE) for f in fields)
             else ""
         )
         raise CheckpointError(
