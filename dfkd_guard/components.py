@@ -21,8 +21,8 @@ contract of each kind:
   adapters). ``images`` float (B, C, H, W) in the teacher's input units,
   detached; ``logits`` float (B, K) teacher logits on them, detached (reuse
   them rather than running the teacher again when the score needs only
-  logits); ``teacher`` in eval mode, frozen, the guard's BN recording paused, grad with
-  respect to inputs enabled; ``normalization`` converts pixel budgets to input
+  logits); ``teacher`` the teacher's hook-free twin (eval mode, frozen,
+  same tensors, no hooks), grad with respect to inputs enabled; ``normalization`` converts pixel budgets to input
   units; ``params`` the validated parameter model. Returns a float tensor
   (B,), finite, higher = more OOD-like.
 * **weighting** ``(scores, logits, params)``: called before each student

@@ -35,8 +35,8 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Iterable, Mapping
-from contextlib import ExitStack
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from dfkd_guard.bn_prior import BNPrior
-from dfkd_guard.bn_statistics import BNRecorder, batchnorm_layers, bn_matching_loss, recording_paused
+from dfkd_guard.bn_statistics import BNRecorder, batchnorm_layers, bn_matching_loss
 from dfkd_guard.components import ComponentKind
 from dfkd_guard.config import GuardConfig
 from dfkd_guard.errors import PluginError
@@ -53,7 +53,7 @@ from dfkd_guard.guarded_batch import GuardedBatch
 from dfkd_guard.inputs import check_images, check_logits, check_scores, check_usable, teacher_logits
 from dfkd_guard.plugins import PluginRegistry
 from dfkd_guard.sample_weights import SampleWeights
-from dfkd_guard.teacher_state import scoring_mode
+from dfkd_guard.teacher_twin import TeacherTwin
 from dfkd_guard.trap_memory import TrapMemory
 from dfkd_guard.weightings import ood_mask
 
@@ -98,6 +98,7 @@ class Guard:
             config = GuardConfig.from_mapping(config)
         self.config: GuardConfig = config
         self.teacher = teacher
+        self._twin = TeacherTwin(teacher)
         self.registry = PluginRegistry(plugins, load_entrypoints=load_entrypoints)
         self.resolved = config.resolve(self.registry.component_map())
         layers = batchnorm_layers(teacher)
@@ -219,14 +220,14 @@ class Guard:
         if not self.enabled or not self.resolved.penalties:
             return total
         self._check_usable(images)
-        with self._quiet(), torch.enable_grad():
+        with self._own_forwards() as teacher, torch.enable_grad():
             images = self._as_teacher_input(images)  # differentiable: grad still reaches the generator
             if logits is None:
-                logits = teacher_logits(self.teacher, images)
+                logits = teacher_logits(teacher, images)
             check_logits(logits, images.shape[0], "logits", finite=True)
             logits = logits.float()
             for choice in self.resolved.penalties:
-                value = self._call_on_teacher("penalty", choice.name, choice.params, images, logits)
+                value = self._call_on_teacher(teacher, "penalty", choice.name, choice.params, images, logits)
                 plugin = self.registry.provider("penalty", choice.name)
                 if not isinstance(value, torch.Tensor) or value.ndim != 0:
                     got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -289,14 +290,14 @@ class Guard:
         """Run the scorer on checked images (and logits, if given)."""
         batch = images.shape[0]
         images = self._as_teacher_input(images.detach())
-        with self._quiet():
+        with self._own_forwards() as teacher:
             if logits is None:
                 with torch.no_grad():
-                    logits = teacher_logits(self.teacher, images)
+                    logits = teacher_logits(teacher, images)
             logits = logits.detach().float()
             with torch.enable_grad():
                 scores = self._call_on_teacher(
-                    "scorer", self.resolved.scorer.name, self.resolved.scorer.params, images, logits
+                    teacher, "scorer", self.resolved.scorer.name, self.resolved.scorer.params, images, logits
                 )
         scores = self._checked_scores(scores, batch)
         self.registry.notify(
@@ -370,17 +371,15 @@ class Guard:
 
     # -- internals ---------------------------------------------------------------
 
-    def _quiet(self) -> ExitStack:
-        """Eval mode, frozen weights, no BN recording, float32: the teacher forwards of scores and penalties."""
-        stack = ExitStack()
-        stack.enter_context(scoring_mode(self.teacher))
-        weight = next(self.teacher.parameters(), None)
-        if weight is not None and weight.device.type in ("cpu", "cuda"):  # the loop's autocast stops here
-            stack.enter_context(torch.autocast(weight.device.type, enabled=False))
-        stack.enter_context(
-            recording_paused(self.teacher)
-        )  # every guard's record on this teacher, not only ours
-        return stack
+    @contextmanager
+    def _own_forwards(self) -> Iterator[nn.Module]:
+        """The module the guard's own forwards run (the teacher's hook-free twin), outside the loop's autocast."""
+        with ExitStack() as stack:
+            teacher = stack.enter_context(self._twin.running())
+            weight = next(teacher.parameters(), None)
+            if weight is not None and weight.device.type in ("cpu", "cuda"):  # float32 scores and penalties
+                stack.enter_context(torch.autocast(weight.device.type, enabled=False))
+            yield teacher
 
     def _as_teacher_input(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` in the dtype of the teacher's weights: the guard's forwards run outside autocast."""
@@ -391,9 +390,15 @@ class Guard:
         check_usable(images, self.teacher, self.config.normalization)
 
     def _call_on_teacher(
-        self, kind: ComponentKind, name: str, params: Any, images: torch.Tensor, logits: torch.Tensor
+        self,
+        teacher: nn.Module,
+        kind: ComponentKind,
+        name: str,
+        params: Any,
+        images: torch.Tensor,
+        logits: torch.Tensor,
     ) -> Any:
-        """Call a scorer or penalty; if it fails, first rule out a teacher that does not return logits."""
+        """Call a scorer or penalty on ``teacher`` (the twin); if it fails, first rule out a teacher that does not return logits."""
         try:
             return self.registry.call_component(
                 kind,
@@ -401,12 +406,12 @@ class Guard:
                 params=params,
                 images=images,
                 logits=logits,
-                teacher=self.teacher,
+                teacher=teacher,
                 normalization=self.config.normalization,
             )
         except PluginError:
             with torch.no_grad():  # the caller's teacher, not the plugin, when it returns a tuple
-                teacher_logits(self.teacher, images[:1].detach(), "images[:1]")
+                teacher_logits(teacher, images[:1].detach(), "images[:1]")
             raise
 
     def _check_batch(self, images: torch.Tensor, logits: torch.Tensor) -> None:
@@ -441,11 +446,17 @@ class Guard:
             )
 
     def _inputs_of(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The BN-layer inputs of ``images``: the recorded ones, or those of a forward of the twin."""
         recorder = self._require_bn()
-        if not recorder.holds(images):
-            with torch.no_grad():
-                teacher_logits(self.teacher, images)
-        return recorder.recorded()
+        if recorder.holds(images):
+            return recorder.recorded()
+        with self._own_forwards() as teacher, torch.no_grad():
+            probe = BNRecorder(teacher, batchnorm_layers(teacher))
+            try:
+                teacher_logits(teacher, self._as_teacher_input(images))
+                return probe.recorded()
+            finally:
+                probe.remove()
 
     def _observe(self, images: torch.Tensor, scores: torch.Tensor) -> None:
         """Add a checked batch and its completed scores to the BN prior's warm-up (and the trap memory)."""

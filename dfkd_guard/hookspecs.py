@@ -26,11 +26,11 @@ Conventions that hold for every hook and component function:
 
 The call contract of each component kind (arguments, shapes, units, what it
 returns) is in :mod:`dfkd_guard.components`. While a component function
-runs, the teacher is in eval mode and its parameters do not require grad;
-the guard does not record the BatchNorm inputs of those forwards, so the
-loop's own record (:meth:`dfkd_guard.Guard.bn_loss`) is kept. Other forward
-hooks on the teacher do fire. All of this is restored afterwards;
-implementations must not change it themselves. An exception, a None result
+runs, its ``teacher`` is the teacher's hook-free twin
+(:mod:`dfkd_guard.teacher_twin`): the same tensors, eval mode, parameters
+that do not require grad, and no hooks, so neither the loop's hooks nor the
+guard's BN record see its forwards. Implementations must not change its
+mode or weights. An exception, a None result
 or a result that breaks the contract is a
 :class:`~dfkd_guard.errors.PluginError` naming the plugin.
 """

@@ -7,11 +7,12 @@ import logging
 import pytest
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
 
 from dfkd_guard import Guard, GuardConfig
 from dfkd_guard.bench.oracle import measure_bn_moments
 from dfkd_guard.bn_prior import BNPrior, BNPriorConfig
-from dfkd_guard.bn_statistics import layer_moments
+from dfkd_guard.bn_statistics import BatchNorm, layer_moments
 
 CHANNELS = 4
 MU_ID = torch.tensor([1.0, -1.0, 0.5, 2.0])
@@ -180,16 +181,24 @@ def test_the_guard_calibrates_forgetting_by_the_verdict(a: float, verdict: str, 
 def test_the_guard_reuses_the_loops_teacher_forward_and_runs_its_own_otherwise() -> None:
     teacher = TwoLayer(0.4).eval()
     calls = []
-    teacher.bn.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+
+    def count(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if isinstance(module, BatchNorm):  # the teacher's BN layer, or its twin's (the guard's own forwards)
+            calls.append(args[0].shape[0])
+
+    handle = register_module_forward_hook(count)  # a global hook: it sees the twin too
     config = GuardConfig(scorer="msp", bn_prior={"skip_batches": 0, "warmup_batches": 5})
     guard = Guard(config, teacher, load_entrypoints=False)
     x = batch(torch.arange(8) % 2 == 0, torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        logits = teacher(x)
-        guard.student_batch(x, logits)  # msp reads the logits: no forward of the guard's own
-        assert len(calls) == 1 and guard.bn_prior is not None and guard.bn_prior.observed == 1
-        guard.student_batch(x.clone(), logits)  # another tensor: the guard runs the teacher itself
-        assert len(calls) == 2 and guard.bn_prior.observed == 2
+    try:
+        with torch.no_grad():
+            logits = teacher(x)
+            guard.student_batch(x, logits)  # msp reads the logits: no forward of the guard's own
+            assert len(calls) == 1 and guard.bn_prior is not None and guard.bn_prior.observed == 1
+            guard.student_batch(x.clone(), logits)  # another tensor: the guard runs the teacher's twin
+            assert len(calls) == 2 and guard.bn_prior.observed == 2
+    finally:
+        handle.remove()
 
 
 def test_no_scores_are_needed_after_the_warm_up_when_the_weighting_ignores_them() -> None:

@@ -278,10 +278,10 @@ def test_scoring_does_not_overwrite_the_bn_statistics_of_the_adapter_forward(tea
     loss = guard.bn_loss().item()
     forwards: list[int] = []
     counter = teacher.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
-    scores = guard.score(other)  # PGD: several forwards of the teacher
-    guard.generator_penalty(other.clone().requires_grad_(True))  # the guard runs the teacher itself
+    scores = guard.score(other)  # PGD: several forwards of the teacher's twin
+    guard.generator_penalty(other.clone().requires_grad_(True))  # the guard runs the twin itself
     counter.remove()
-    assert torch.isfinite(scores).all() and len(forwards) > 3 and set(forwards) == {5}
+    assert torch.isfinite(scores).all() and forwards == []  # none of them reached the teacher's hooks
     after = guard.bn_inputs()
     assert len(after) == len(inputs) and all(a is b for a, b in zip(after, inputs))
     assert all(x.shape[0] == 8 for x in after)
