@@ -19,6 +19,7 @@ public calls: :meth:`~dfkd_guard.Guard.bn_loss` and
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from dfkd_guard import Guard, GuardedBatch
 from dfkd_guard.bn_statistics import batchnorm_layers
 from dfkd_guard.inputs import check_images, check_logits, teacher_logits
 
-__all__ = ["SynthesisResult", "Synthesizer", "student_step"]
+__all__ = ["LowestLoss", "SynthesisResult", "Synthesizer", "loss_terms", "student_step", "to_device"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,46 @@ class SynthesisResult:
     images: torch.Tensor
     losses: dict[str, float] = field(default_factory=dict)
     skipped: int = 0
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A CPU tensor on ``device``; to a GPU through pinned memory, so the host does not wait for the copy."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+class LowestLoss:
+    """The tensors of the step with the lowest loss so far, tracked on their device (no host sync per step)."""
+
+    def __init__(self) -> None:
+        self.loss: torch.Tensor | None = None
+        self.tensors: tuple[torch.Tensor, ...] = ()
+
+    def offer(self, loss: torch.Tensor, *tensors: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Keep ``tensors`` (detached copies) if ``loss`` (a finite scalar) is lower than every earlier one and ``valid``."""
+        loss = loss.detach()
+        if self.loss is None:
+            self.loss = torch.full_like(loss, math.inf)
+            self.tensors = tuple(t.detach().clone() for t in tensors)
+        better = loss < self.loss if valid is None else (loss < self.loss) & valid
+        self.tensors = tuple(torch.where(better, t.detach(), kept) for t, kept in zip(tensors, self.tensors))
+        self.loss = torch.where(better, loss, self.loss)
+
+    def best(self) -> tuple[float, tuple[torch.Tensor, ...]] | None:
+        """The lowest loss and its tensors, or None when no offer was kept (one host sync)."""
+        if self.loss is None or not bool(torch.isfinite(self.loss)):
+            return None
+        return float(self.loss), self.tensors
+
+
+def loss_terms(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss terms as floats for the result (read once per round, after the steps: one host sync)."""
+    if not parts:
+        return {}
+    values = torch.stack([v.detach().float() for v in parts.values()]).tolist()
+    return dict(zip(parts, values))
 
 
 class Synthesizer(ABC):

@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from dfkd_guard import Guard, GuardedBatch
-from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
+from dfkd_guard.adapters.base import LowestLoss, SynthesisResult, Synthesizer, loss_terms, to_device
 from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.losses import kd_divergence
 
@@ -166,7 +166,7 @@ class FeatureBank:
     def sample(self, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Up to ``k`` distinct rows at random (all of them when fewer are stored), (min(k, N), dim)."""
         index = torch.randperm(len(self))[:k]
-        return self.features[index].to(device)
+        return to_device(self.features[index], device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"max_size": self.max_size, "features": self.features.clone()}
@@ -211,7 +211,7 @@ def random_resized_crop(
     theta[:, 0, 0] = crop_w * sign
     theta[:, 1, 1] = crop_h
     theta[:, :, 2] = centre
-    theta = theta.to(device=images.device, dtype=images.dtype)
+    theta = to_device(theta, images.device).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -284,8 +284,8 @@ class CMISynthesizer(Synthesizer):
 
     def _targets(self, batch_size: int) -> torch.Tensor:
         if self.config.targets == "balanced":
-            return (torch.arange(batch_size) % self.num_classes).to(self.device)
-        return torch.randint(self.num_classes, (batch_size,)).to(self.device)
+            return to_device(torch.arange(batch_size) % self.num_classes, self.device)
+        return to_device(torch.randint(self.num_classes, (batch_size,)), self.device)
 
     def _adversarial(self, s_out: torch.Tensor, t_out: torch.Tensor) -> torch.Tensor:
         agree = (s_out.argmax(dim=1) == t_out.argmax(dim=1)).to(t_out.dtype)
@@ -318,13 +318,12 @@ class CMISynthesizer(Synthesizer):
         self.student.eval()
         self.reset_generator()
         self.generator.train()
-        z = torch.randn(c.batch_size, self.latent_dim).to(self.device).requires_grad_()
+        z = to_device(torch.randn(c.batch_size, self.latent_dim), self.device).requires_grad_()
         targets = self._targets(c.batch_size)
         optimizer = torch.optim.Adam(
             [{"params": self.generator.parameters()}, {"params": [z]}], lr=c.generator_lr, betas=(0.5, 0.999)
         )
-        best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        best_loss, terms, skipped = math.inf, {}, 0
+        lowest, last, skipped = LowestLoss(), {}, 0
         normalize = self.guard.config.normalization.normalize
         for _ in range(c.iterations):
             optimizer.zero_grad(set_to_none=True)
@@ -347,22 +346,20 @@ class CMISynthesizer(Synthesizer):
             weights = {"oh": c.oh, "bn": c.bn, "adv": c.adv, "cr": c.cr}
             penalty = self.guard.generator_penalty(images, t_out)
             total = sum((weights[k] * v for k, v in parts.items()), penalty)
-            if not (torch.isfinite(total) and torch.isfinite(images).all()):
+            if not bool(torch.isfinite(total) & torch.isfinite(images).all()):  # the step's one host sync
                 skipped += 1
                 continue
             features = torch.cat([local_features, global_features], dim=1).detach()
-            if total.item() < best_loss and torch.isfinite(features).all():
-                best_loss = total.item()
-                best = (images.detach().clone(), t_out.detach().clone(), features.clone())
+            lowest.offer(total, images, t_out, features, valid=torch.isfinite(features).all())
             total.backward()
             optimizer.step()
             self.head_optimizer.step()
-            terms = {k: float(v.detach()) for k, v in parts.items()}
-            terms.update(penalty=float(penalty.detach()), total=float(total.detach()))
+            last = {**parts, "penalty": penalty, "total": total}
         self.skipped += skipped
-        if best is None:
+        terms, kept = loss_terms(last), lowest.best()
+        if kept is None:
             return SynthesisResult(torch.empty(0, *self.image_shape), terms, skipped)
-        images, logits, features = best
+        best_loss, (images, logits, features) = kept
         self.pool.add(images, self.guard.score(images, logits, if_needed=True))
         self.bank.add(features)
         terms["best_total"] = best_loss

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from dfkd_guard import Guard, GuardedBatch
-from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
+from dfkd_guard.adapters.base import LowestLoss, SynthesisResult, Synthesizer, loss_terms, to_device
 from dfkd_guard.adapters.pool import ImagePool
 
 __all__ = ["DeepInversionConfig", "DeepInversionSynthesizer", "js_divergence", "total_variation"]
@@ -125,13 +125,13 @@ class DeepInversionSynthesizer(Synthesizer):
         """One round: optimise a fresh batch, pool the best one with its scores."""
         c = self.config
         self.student.eval()
-        inputs = torch.randn(c.batch_size, *self.image_shape).to(self.device).requires_grad_(True)
-        targets = torch.randint(self.num_classes, (c.batch_size,)).to(self.device)
+        inputs = to_device(torch.randn(c.batch_size, *self.image_shape), self.device).requires_grad_(True)
+        targets = to_device(torch.randint(self.num_classes, (c.batch_size,)), self.device)
         optimizer = torch.optim.Adam([inputs], lr=c.lr, betas=(0.5, 0.99))
         low, high = (
             self.guard.config.normalization.input_range(inputs) if c.clip_to_pixel_range else (None, None)
         )
-        best, best_loss, terms, skipped = None, math.inf, {}, 0
+        lowest, last, skipped = LowestLoss(), {}, 0
         for _ in range(c.iterations):
             optimizer.zero_grad(set_to_none=True)
             view = self._augment(inputs)
@@ -150,21 +150,21 @@ class DeepInversionSynthesizer(Synthesizer):
             weights = {"oh": c.oh, "bn": c.bn, "tv": c.tv, "l2": c.l2, "competition": c.competition}
             penalty = self.guard.generator_penalty(view, t_out)
             total = sum((weights[k] * v for k, v in parts.items()), penalty)
-            if not torch.isfinite(total):
+            if not torch.isfinite(total):  # the one host sync of a step: a non-finite step is skipped
                 skipped += 1
                 continue
-            if total.item() < best_loss:
-                best_loss, best = total.item(), inputs.detach().clone()
+            lowest.offer(total, inputs)
             total.backward()
             optimizer.step()
             if low is not None:
                 with torch.no_grad():
                     inputs.copy_(torch.maximum(torch.minimum(inputs, high), low))
-            terms = {k: float(v.detach()) for k, v in parts.items()}
-            terms.update(penalty=float(penalty.detach()), total=float(total.detach()))
+            last = {**parts, "penalty": penalty, "total": total}
         self.skipped += skipped
-        if best is None or not torch.isfinite(best).all():
+        terms, kept = loss_terms(last), lowest.best()
+        if kept is None or not torch.isfinite(kept[1][0]).all():
             return SynthesisResult(torch.empty(0, *self.image_shape), terms, skipped)
+        best = kept[1][0]
         self.pool.add(best, self.guard.score(best, if_needed=True))
         return SynthesisResult(best, terms, skipped)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from dfkd_guard.adapters.base import to_device
+
 __all__ = ["ImagePool"]
 
 
@@ -84,8 +86,8 @@ class ImagePool:
         if self.images is None or self.scores is None:
             raise RuntimeError("the image pool is empty: call synthesize() before sample()")
         index = torch.randperm(len(self))[:batch_size]
-        logits = self.logits[index].to(device) if self.logits is not None else None
-        return self.images[index].to(device), self.scores[index].to(device), logits
+        logits = to_device(self.logits[index], device) if self.logits is not None else None
+        return to_device(self.images[index], device), to_device(self.scores[index], device), logits
 
     def state_dict(self) -> dict[str, object]:
         return {

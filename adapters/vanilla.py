@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from dfkd_guard import Guard, GuardedBatch
-from dfkd_guard.adapters.base import SynthesisResult, Synthesizer
+from dfkd_guard.adapters.base import SynthesisResult, Synthesizer, loss_terms, to_device
 from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.losses import kd_divergence
 
@@ -120,7 +120,7 @@ class VanillaSynthesizer(Synthesizer):
             if self.config.act > 0
             else None
         )
-        self.probe_generator(self.generator, torch.randn(2, self.latent_dim).to(self.device))
+        self.probe_generator(self.generator, to_device(torch.randn(2, self.latent_dim), self.device))
 
     def _keep_features(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         self._features = inputs[0]
@@ -128,14 +128,14 @@ class VanillaSynthesizer(Synthesizer):
     def _images(self, batch_size: int, train: bool = True) -> torch.Tensor:
         """``normalize(G(z))`` for fresh codes; ``train``: G's BatchNorm uses batch statistics."""
         self.generator.train(train)
-        z = torch.randn(batch_size, self.latent_dim).to(self.device)
+        z = to_device(torch.randn(batch_size, self.latent_dim), self.device)
         return self.guard.config.normalization.normalize(self.generator(z))
 
     def synthesize(self) -> SynthesisResult:
         """``generator_steps`` updates of G on fresh latent codes."""
         c = self.config
         self.student.eval()
-        terms: dict[str, float] = {}
+        last: dict[str, torch.Tensor] = {}
         images = torch.empty(0, *self.image_shape)
         skipped = 0
         for _ in range(c.generator_steps):
@@ -154,15 +154,14 @@ class VanillaSynthesizer(Synthesizer):
             loss = sum((weights[k] * v for k, v in parts.items() if v is not None), images.new_zeros(()))
             penalty = self.guard.generator_penalty(images, t_out)
             total = loss + penalty
-            if not (torch.isfinite(total) and torch.isfinite(images).all()):
+            if not bool(torch.isfinite(total) & torch.isfinite(images).all()):  # the step's one host sync
                 skipped += 1
                 continue
             total.backward()
             self.optimizer.step()
-            terms = {k: float(v.detach()) for k, v in parts.items() if v is not None}
-            terms.update(penalty=float(penalty.detach()), total=float(total.detach()))
+            last = {**{k: v for k, v in parts.items() if v is not None}, "penalty": penalty, "total": total}
         self.skipped += skipped
-        return SynthesisResult(images.detach(), terms, skipped)
+        return SynthesisResult(images.detach(), loss_terms(last), skipped)
 
     def _distance(self, s_out: torch.Tensor, t_out: torch.Tensor) -> torch.Tensor:
         if self.config.adv_distance == "l1":

@@ -7,6 +7,7 @@ Teachers are trained on normalised images ``(x - mean) / std`` where ``x`` is in
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -69,7 +70,7 @@ class Normalization(BaseModel):
                 f"normalisation has {len(values)} channels but images have {channels} "
                 f"(shape {tuple(like.shape)})"
             )
-        return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+        return _channel_tensor(tuple(values), like.dtype, like.device)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Teacher input ``(x - mean) / std`` from [0, 1] pixel images (B, C, H, W)."""
@@ -87,6 +88,15 @@ class Normalization(BaseModel):
         mean = self._per_channel(self.mean, like)
         std = self._per_channel(self.std, like)
         return (0.0 - mean) / std, (1.0 - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_tensor(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Channel values as a (1, C, 1, 1) tensor, made once per dtype and device: no copy to a GPU per call.
+
+    Callers only read it (it is shared).
+    """
+    return torch.tensor(values, dtype=dtype, device=device).view(1, -1, 1, 1)
 
 
 def _floats(values: Any) -> Any:

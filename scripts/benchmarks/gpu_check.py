@@ -10,6 +10,9 @@ median seconds per iteration over the iterations after ``--warmup`` (timed
 with ``torch.cuda.synchronize`` on CUDA), then the guarded / unguarded ratio.
 The guard is the default one with its warm-up shortened to ``--guard-warmup``
 scored batches, so the rows after it show the cost of a judged guard.
+``--syncs N`` then runs N more iterations per row with
+``torch.cuda.set_sync_debug_mode("warn")`` and prints the host
+synchronisations per iteration and the lines of code that made them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
+from collections import Counter
 
 import torch
 import torchvision
@@ -73,6 +78,26 @@ def seconds_per_iteration(synthesizer: Synthesizer, args: argparse.Namespace) ->
     return statistics.median(times)
 
 
+def host_syncs(synthesizer: Synthesizer, iterations: int, precision: str) -> Counter[str]:
+    """Host synchronisations over ``iterations`` more iterations, by ``file:line`` of the Python code that made them."""
+    optimizer = torch.optim.SGD(synthesizer.student.parameters(), lr=0.1, momentum=0.9)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    with warnings.catch_warnings(record=True) as caught, autocast:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(iterations):
+                synthesizer.synthesize()
+                student_step(synthesizer.student, optimizer, synthesizer.sample())
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return Counter(
+        f"{w.filename.rsplit('/', 2)[-2]}/{w.filename.rsplit('/', 1)[-1]}:{w.lineno}"
+        for w in caught
+        if "synchroniz" in str(w.message)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, cpu (default cuda)")
@@ -82,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inner", type=int, default=20, help="DeepInversion / CMI synthesis steps per round")
     parser.add_argument("--guard-warmup", type=int, default=50, help="scored batches before the guard judges")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="adapters to time")
+    parser.add_argument(
+        "--syncs", type=int, default=0, help="iterations per row counted for host synchronisations (CUDA)"
+    )
     args = parser.parse_args(argv)
     if args.warmup >= args.iterations:
         parser.error("--warmup must be smaller than --iterations")
@@ -95,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {name}, torch {torch.__version__}, {args.precision}, batch {args.batch_size}, ResNet-18 32x32")
     print("| method | guard off s/it | default guard s/it | ratio |")
     print("|---|---|---|---|")
-    for method in METHODS:
+    syncs: dict[str, Counter[str]] = {}
+    for method in args.methods:
         row = []
         for config in (
             GuardConfig(enabled=False),
@@ -105,8 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             with Guard(config, teacher, load_entrypoints=False) as guard:
                 synthesizer = build(method, guard, teacher, args)
                 row.append(seconds_per_iteration(synthesizer, args))
+                if args.syncs and args.device.type == "cuda":
+                    label = f"{method}, guard {'on' if config.enabled else 'off'} ({guard.bn_prior and guard.bn_prior.verdict})"
+                    syncs[label] = host_syncs(synthesizer, args.syncs, args.precision)
                 synthesizer.close()
         print(f"| {method} | {row[0]:.4f} | {row[1]:.4f} | {row[1] / row[0]:.2f}x |", flush=True)
+    for label, sites in syncs.items():
+        total = sum(sites.values()) / args.syncs
+        where = ", ".join(f"{site} {count / args.syncs:g}" for site, count in sites.most_common())
+        print(f"# host syncs per iteration, {label}: {total:g} ({where})")
     return 0
 
 
