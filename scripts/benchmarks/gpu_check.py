@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inner", type=int, default=20, help="DeepInversion / CMI synthesis steps per round")
     parser.add_argument("--guard-warmup", type=int, default=50, help="scored batches before the guard judges")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="adapters to time")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="adapters to time"
+    )
     parser.add_argument(
         "--syncs", type=int, default=0, help="iterations per row counted for host synchronisations (CUDA)"
     )
