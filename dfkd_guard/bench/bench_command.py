@@ -10,16 +10,26 @@ overridable on the command line.
 Every finished run is stored in ``<out>/runs/``; running the same command
 again skips them, so an interrupted benchmark resumes, and a finished one only
 rewrites ``<out>/report.md`` and ``<out>/plots/``. Trained teachers are cached
-in ``<out>/teachers/`` (or the configured ``teacher_cache_dir``).
+in ``<out>/teachers/`` (or the configured ``teacher_cache_dir``). A training
+invocation stores its command and config in ``<out>/invocations/``;
+``--export-to`` copies the records of a report into a folder to commit, and
+``--rederive`` rewrites a report from such a folder alone
+(:mod:`dfkd_guard.bench.records`).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dfkd_guard.errors import DfkdGuardError
 
 from . import reporting
 from .config import ADAPTERS
+
+if TYPE_CHECKING:
+    from .config import BenchConfig
 
 __all__ = ["register", "run", "seed_list", "setting_list"]
 
@@ -91,6 +101,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: rewrite the report from stored runs"
     )
+    parser.add_argument(
+        "--export-to",
+        type=Path,
+        metavar="FOLDER",
+        help="also copy the run and teacher records of this report into FOLDER as compact JSON, with its "
+        "command and config (invocations/), and write the report there from them: a folder to commit",
+    )
+    parser.add_argument(
+        "--rederive",
+        metavar="NAME",
+        help="train nothing: rewrite report NAME of --out from the config and command stored with it "
+        "(invocations/NAME.json) and the stored records; takes no config option",
+    )
     parser.set_defaults(func=run)
 
 
@@ -113,13 +136,52 @@ def _command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+#: Options that --rederive refuses: it takes the config, and writes the report, where --out has them.
+_NOT_WITH_REDERIVE = ("config", "tiny", "seeds", "iterations", "settings", "adapters", "export_to")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Build the config, run what is missing, write the report; returns the exit code."""
-    from .config import BenchConfig
+    """Build the config, run what is missing, write the report (and export it); returns the exit code."""
+    from .records import export_records, stored_config, write_invocation
     from .report import require_matplotlib, write_report
     from .runner import run_bench
 
-    started, load = reporting.start_run(args.threads)
+    reporting.start_run(args.threads)
+    if args.rederive is not None:
+        if args.out is None:
+            raise DfkdGuardError("--rederive needs --out FOLDER")
+        given = [f"--{name.replace('_', '-')}" for name in _NOT_WITH_REDERIVE if getattr(args, name)]
+        if given:
+            raise DfkdGuardError(f"--rederive takes the config stored in --out, not {', '.join(given)}")
+        config = stored_config(args.out, args.rederive)
+        require_matplotlib()
+        path = write_report(config, args.out)
+    else:
+        config = _config(args)
+        require_matplotlib()  # fail before hours of training, not after
+        command = _command(args)
+        if not args.report_only:
+            summary = run_bench(config, train_progress=args.train_progress, workers=args.workers or 1)
+            write_invocation(config, config.output_dir, command)
+            reporting.progress(
+                "bench", f"{len(summary.ran)} runs trained, {len(summary.skipped)} already finished"
+            )
+        path = write_report(config, command=command)
+        if args.export_to is not None:
+            export_records(config, config.output_dir, args.export_to, command)
+            exported = write_report(config, args.export_to, command=command)
+            if exported.read_bytes() != path.read_bytes():
+                raise DfkdGuardError(f"{exported} differs from {path}, the report it was exported from")
+            reporting.progress("bench", f"exported the records of {path.name} to {args.export_to}")
+    reporting.progress("bench", f"wrote {path}")
+    print(path)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    """The config of the command line: defaults, ``--config`` or ``--tiny``, with the options applied."""
+    from .config import BenchConfig
+
     if args.tiny:
         config = BenchConfig.tiny()
     elif args.config is not None:
@@ -145,15 +207,4 @@ def run(args: argparse.Namespace) -> int:
     if args.adapters:
         adapters = reporting.parse_names(args.adapters, ADAPTERS)
         updates["adapters"] = {setting: adapters for setting in settings}
-    if updates:
-        config = config.updated(**updates)
-    require_matplotlib()  # fail before hours of training, not after
-    if not args.report_only:
-        summary = run_bench(config, train_progress=args.train_progress, workers=args.workers or 1)
-        reporting.progress(
-            "bench", f"{len(summary.ran)} runs trained, {len(summary.skipped)} already finished"
-        )
-    path = write_report(config, command=_command(args), started=started, load=reporting.load_span(load))
-    reporting.progress("bench", f"wrote {path}")
-    print(path)
-    return 0
+    return config.updated(**updates) if updates else config

@@ -85,13 +85,10 @@ def run(args: argparse.Namespace) -> int:
     from .report import has_matplotlib, load_rows, main_table, write_report
     from .runner import run_bench
 
-    started, load = reporting.start_run(None)
     config = demo_config(args.out, args.cache_dir, args.seed, args.iterations, args.teacher_steps)
     summary = run_bench(config, workers=args.workers, train_progress=True)
     command = reporting.command_line(_PROG, args, ("--iterations", "--teacher-steps", "--seed", "--out"))
-    path = write_report(
-        config, command=command, started=started, load=reporting.load_span(load), plots=has_matplotlib()
-    )
+    path = write_report(config, command=command, plots=has_matplotlib())
     print(main_table(load_rows(config)))
     print(f"\nreport: {path} ({summary.seconds / 60:.1f} min)")
     return 0

@@ -8,14 +8,23 @@ from ``<out>/runs/`` and the teacher records from ``<out>/teacher_metrics/``
   NTL loss) and the teachers' and students' architectures;
 * the main table: one row per setting x adapter x teacher row, each metric
   as mean +- sample standard deviation over the seeds found (a run's value is
-  the mean of its last 3 evaluations);
+  the mean of its last 3 evaluations), and the 95% confidence interval of each
+  mean (:mod:`dfkd_guard.bench.seed_statistics`);
+* the guard's effect: each guarded row minus its unguarded row, paired by
+  seed, with the interval of the mean difference;
 * the teachers' own accuracy and each scorer's AUROC on real ID vs real OOD
   test images;
 * the plots in ``<out>/plots/``, per setting: ``iacc-<setting>.png`` (IAcc
   over iterations), ``trap-<setting>.png`` (synthetic OOD share and class
   collapse over iterations), ``scores-<setting>.png`` (histograms of the
   guard scorer's scores on real ID, real OOD and the final synthetic batches);
-* the exact configuration (JSON), the command and the machine.
+* the exact configuration (JSON, without where files go), the command, when
+  the runs finished and the machines they ran on (rows whose seeds ran on
+  different CPU models are marked).
+
+The report is a function of the stored records and the config alone
+(:func:`render_report`): the command comes from the invocation record
+(:mod:`dfkd_guard.bench.records`), dates and machines from the run records.
 
 Plots need matplotlib (``pip install 'dfkd-guard[bench]'``); it is imported
 only here, inside the functions that draw.
@@ -37,18 +46,30 @@ from dfkd_guard.errors import DfkdGuardError
 
 from . import reporting
 from .config import BenchConfig, row_label
-from .runner import enumerate_runs, ntl_kind, run_path, teacher_components, teacher_kind, teacher_record_path
+from .records import config_record, report_command, stored_config, teacher_record_paths
+from .runner import enumerate_runs, ntl_kind, run_path, teacher_components, teacher_kind
+from .seed_statistics import CONFIDENCE, paired_differences, summarize
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
     "COLUMNS",
+    "EFFECT_COLUMNS",
+    "MIXED_CPUS",
+    "PLOT_KINDS",
     "RowSummary",
+    "format_interval",
     "format_stat",
+    "guard_effect_table",
     "has_matplotlib",
+    "interval_table",
     "load_rows",
     "main_table",
+    "plot_folder",
+    "plot_paths",
+    "rederive_report",
+    "render_report",
     "require_matplotlib",
     "settings_table",
     "write_plots",
@@ -65,6 +86,16 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("collapse", "collapse"),
     ("flagged", "flagged by guard"),
 )
+#: Columns of the guard-effect table (the headline metrics), as in :data:`COLUMNS`.
+EFFECT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("iacc", "IAcc"),
+    ("oacc", "OAcc"),
+    ("asr_minus_clean", "ASR − clean"),
+)
+#: The plots of every setting: ``<kind>-<setting>.png``.
+PLOT_KINDS = ("iacc", "trap", "scores")
+#: Marks a table cell whose runs ran on different CPU models.
+MIXED_CPUS = "†"
 
 _TEACHER_LABELS = {"sl": "SL", "ntl": "NTL", "ntl_backdoor": "NTL backdoor"}
 
@@ -82,6 +113,14 @@ class RowSummary:
     def values(self, metric: str) -> list[float]:
         """The metric's final value in every stored run that has it."""
         return [v for r in self.records if (v := r["final"].get(metric)) is not None]
+
+    def by_seed(self, metric: str) -> dict[int, float]:
+        """The metric's final value per seed, in the stored runs that have it."""
+        return {r["spec"]["seed"]: v for r in self.records if (v := r["final"].get(metric)) is not None}
+
+    def cpu_models(self, seeds: set[int] | None = None) -> set[str]:
+        """The CPU models the stored runs (of ``seeds``, default all) ran on."""
+        return {_cpu_model(r["machine"]) for r in self.records if seeds is None or r["spec"]["seed"] in seeds}
 
     def seconds_per_iteration(self) -> list[float]:
         return [v for r in self.records if (v := r.get("seconds_per_iteration")) is not None]
@@ -117,28 +156,110 @@ def load_rows(config: BenchConfig, out: Path | None = None) -> list[RowSummary]:
     return list(rows.values())
 
 
+def _cpu_model(machine: str) -> str:
+    """The CPU model of a run record's ``machine`` line (:func:`reporting.machine_line`)."""
+    return machine.split(" | ", 1)[0]
+
+
+def _mixed(cpu_models: set[str]) -> str:
+    return f" {MIXED_CPUS}" if len(cpu_models) > 1 else ""
+
+
 def format_stat(values: Sequence[float]) -> str:
     """``mean ± std`` (sample std, 3 significant digits) over seeds; the mean alone for one value; ``–`` for none."""
     if not values:
         return "–"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return reporting.format_number(mean)
-    return f"{reporting.format_number(mean)} ± {reporting.format_number(statistics.stdev(values))}"
+    summary = summarize(values)
+    if summary.std is None:
+        return reporting.format_number(summary.mean)
+    return f"{reporting.format_number(summary.mean)} ± {reporting.format_number(summary.std)}"
+
+
+def format_interval(values: Sequence[float]) -> str:
+    """``[low, high]``, the 95% Student-t interval of the mean over seeds; ``–`` for fewer than two values."""
+    interval = summarize(values).interval if values else None
+    if interval is None:
+        return "–"
+    return f"[{reporting.format_number(interval[0])}, {reporting.format_number(interval[1])}]"
+
+
+def _table(header: Sequence[str], align: str, lines: list[list[str]]) -> str:
+    return "\n".join(
+        ["| " + " | ".join(header) + " |", align] + ["| " + " | ".join(cells) + " |" for cells in lines]
+    )
 
 
 def main_table(rows: list[RowSummary]) -> str:
-    """The students table in Markdown: one line per row summary, metrics as mean ± std over seeds."""
+    """The students table in Markdown: one line per row summary, metrics as mean ± std over seeds.
+
+    The seeds cell of a row whose runs ran on different CPU models is marked :data:`MIXED_CPUS`.
+    """
     header = (
         ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["BN prior", "s/it", "seeds"]
     )
-    lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * len(COLUMNS) + "---|---:|---:|"]
+    lines = []
     for r in rows:
         cells = [r.setting, r.adapter, row_label(r.row)]
         cells += [format_stat(r.values(metric)) for metric, _ in COLUMNS]
-        cells += [r.verdicts(), format_stat(r.seconds_per_iteration()), f"{len(r.records)}/{r.expected}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells += [r.verdicts(), format_stat(r.seconds_per_iteration())]
+        cells.append(f"{len(r.records)}/{r.expected}{_mixed(r.cpu_models())}")
+        lines.append(cells)
+    return _table(header, "|---|---|---|" + "---:|" * len(COLUMNS) + "---|---:|---:|", lines)
+
+
+def interval_table(rows: list[RowSummary]) -> str:
+    """The 95% confidence interval of every mean of :func:`main_table`, in Markdown."""
+    header = ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["seeds"]
+    lines = [
+        [r.setting, r.adapter, row_label(r.row)]
+        + [format_interval(r.values(metric)) for metric, _ in COLUMNS]
+        + [f"{len(r.records)}{_mixed(r.cpu_models())}"]
+        for r in rows
+    ]
+    return _table(header, "|---|---|---|" + "---:|" * (len(COLUMNS) + 1), lines)
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}"
+
+
+def _effect_cell(differences: list[float]) -> str:
+    """Mean paired difference, its interval and ``not significant`` where the interval covers 0."""
+    if not differences:
+        return "–"
+    summary = summarize(differences)
+    if summary.interval is None:
+        return f"{_signed(summary.mean)} (one pair)"
+    low, high = summary.interval
+    verdict = " not significant" if summary.covers_zero else ""
+    return f"{_signed(summary.mean)} [{_signed(low)}, {_signed(high)}]{verdict}"
+
+
+def guard_effect_table(rows: list[RowSummary]) -> str:
+    """Every guarded row minus its unguarded row (same setting and adapter), paired by seed, in Markdown.
+
+    ``ntl_guard`` and ``ntl_guard@<variant>`` are compared with ``ntl``,
+    ``sl_guard`` and ``sl_guard@<variant>`` with ``sl``; per metric of
+    :data:`EFFECT_COLUMNS`, the mean difference over the seeds both rows have
+    and its 95% interval. The pairs cell is marked :data:`MIXED_CPUS` when the
+    paired runs ran on different CPU models.
+    """
+    by_key = {(r.setting, r.adapter, r.row): r for r in rows}
+    lines = []
+    for r in rows:
+        baseline = by_key.get((r.setting, r.adapter, r.row.split("_guard")[0])) if "_guard" in r.row else None
+        if baseline is None:
+            continue
+        seeds = {x["spec"]["seed"] for x in r.records} & {x["spec"]["seed"] for x in baseline.records}
+        cells = [r.setting, r.adapter, f"{row_label(r.row)} − {row_label(baseline.row)}"]
+        cells.append(f"{len(seeds)}{_mixed(r.cpu_models(seeds) | baseline.cpu_models(seeds))}")
+        cells += [
+            _effect_cell(paired_differences(r.by_seed(metric), baseline.by_seed(metric)))
+            for metric, _ in EFFECT_COLUMNS
+        ]
+        lines.append(cells)
+    header = ["setting", "adapter", "guarded − unguarded", "pairs"] + [title for _, title in EFFECT_COLUMNS]
+    return _table(header, "|---|---|---|---:|" + "---:|" * len(EFFECT_COLUMNS), lines)
 
 
 def _named(record: dict[str, Any] | None) -> str:
@@ -174,16 +295,11 @@ def settings_table(config: BenchConfig) -> str:
 
 
 def _teacher_records(config: BenchConfig, out: Path) -> list[dict[str, Any]]:
-    records = []
-    for setting in config.settings:
-        kinds = dict.fromkeys(
-            [teacher_kind(config, row, setting) for row in config.rows] + [ntl_kind(config, setting)]
-        )
-        for kind in kinds:
-            path = teacher_record_path(config, setting, kind, out)
-            if path.is_file():
-                records.append(json.loads(path.read_text(encoding="utf-8")))
-    return records
+    return [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in teacher_record_paths(config, out)
+        if path.is_file()
+    ]
 
 
 def _teacher_tables(config: BenchConfig, records: list[dict[str, Any]]) -> str:
@@ -309,28 +425,43 @@ def _scores_figure(
     return figure
 
 
+def plot_folder(config: BenchConfig) -> str:
+    """Folder of the report's plots: ``plots``, or ``<report_name>-plots`` for another report name."""
+    return "plots" if config.report_name == "report" else f"{config.report_name}-plots"
+
+
+def plot_paths(config: BenchConfig) -> list[str]:
+    """The plots of ``config``'s report, relative to its folder: :data:`PLOT_KINDS` per setting."""
+    return [
+        f"{plot_folder(config)}/{kind}-{setting}.png" for setting in config.settings for kind in PLOT_KINDS
+    ]
+
+
 def write_plots(
-    config: BenchConfig, rows: list[RowSummary], teachers: list[dict[str, Any]], folder: Path
+    config: BenchConfig, rows: list[RowSummary], teachers: list[dict[str, Any]], out: Path
 ) -> list[Path]:
-    """Draw the three plots of every setting into ``folder``; returns the files written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    """Draw the plots of every setting (:func:`plot_paths`) under ``out``; returns the files written."""
+    figures = []
     for setting in config.settings:
         in_setting = [r for r in rows if r.setting == setting]
-        figures = {
-            f"iacc-{setting}.png": _curves_figure(in_setting, setting, [("iacc", "IAcc (real MNIST test)")]),
-            f"trap-{setting}.png": _curves_figure(
+        drawn = {
+            "iacc": _curves_figure(in_setting, setting, [("iacc", "IAcc (real MNIST test)")]),
+            "trap": _curves_figure(
                 in_setting,
                 setting,
                 [("ood_share", "synthetic OOD share (probe)"), ("collapse", "class collapse")],
             ),
-            f"scores-{setting}.png": _scores_figure(
+            "scores": _scores_figure(
                 config, setting, in_setting, [t for t in teachers if t["setting"] == setting]
             ),
         }
-        for name, figure in figures.items():
-            figure.savefig(folder / name, dpi=100)
-            written.append(folder / name)
+        figures += [drawn[kind] for kind in PLOT_KINDS]
+    written = []
+    for relative, figure in zip(plot_paths(config), figures, strict=True):
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100)
+        written.append(path)
     return written
 
 
@@ -351,60 +482,115 @@ each cell the mean ± sample standard deviation over seeds (the mean alone for o
   predictions in the most frequent class); flagged by guard: share of student samples forgotten.
 - BN prior: the guard's verdict on the teacher, per seed (ntl-like: BN targets corrected;
   ordinary: left alone; warming up: the run ended before the warm-up did).
-- s/it: wall time per DFKD iteration, without evaluations.
+- s/it: wall time per DFKD iteration, without evaluations. seeds: runs stored / expected;
+  † where they ran on different CPU models (see the machines above).
 """
 
 
-def write_report(
-    config: BenchConfig,
-    out: Path | None = None,
-    *,
-    command: str | None = None,
-    started: datetime.datetime | None = None,
-    load: str | None = None,
-    plots: bool = True,
-) -> Path:
-    """Write ``<out>/<report_name>.md`` and its plots from the runs stored under ``out``.
+_INTERVALS_TEXT = f"""\
+Each mean of the table above with its {CONFIDENCE:.0%} confidence interval: mean ± t · std / √n, t the
+two-sided {CONFIDENCE:.0%} quantile of Student's t with n − 1 degrees of freedom, n the seeds (– for one seed).
+"""
 
-    :param command: the command that reproduces the benchmark (shown in the report).
-    :param started: when the benchmark began (UTC), for the date and machine lines.
-    :param load: load averages over the benchmark (see :func:`reporting.load_span`).
-    :param plots: draw the plots (needs matplotlib); False leaves a note instead.
-    :returns: the report's path.
+_EFFECT_TEXT = f"""\
+Each guarded row minus its unguarded row of the same setting and adapter (NTL + guard − NTL,
+SL + guard − SL, a variant − the unguarded row of its teacher), seed by seed: the mean of the paired
+differences and its {CONFIDENCE:.0%} confidence interval (Student t over the pairs); "not significant"
+where the interval covers 0.
+"""
+
+
+def _utc_minute(timestamp: str) -> str:
+    moment = datetime.datetime.fromisoformat(timestamp).astimezone(datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _runs(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'}"
+
+
+def _header(config: BenchConfig, out: Path, rows: list[RowSummary], command: str | None) -> str:
+    """Command, dates, machines and run count: from the invocation and run records alone."""
+    records = [record for r in rows for record in r.records]
+    finished = sorted(_utc_minute(record["finished"]) for record in records)
+    if not finished:
+        date = "no run stored"
+    elif finished[0] == finished[-1]:
+        date = f"{finished[0]} (when the runs finished)"
+    else:
+        date = f"{finished[0]} to {finished[-1]} (when the first and the last run finished)"
+    machines = Counter(reporting.machine_identity(record["machine"]) for record in records).most_common()
+    if len(machines) == 1:
+        machine = f"- Machine: {machines[0][0]} ({_runs(machines[0][1])})\n"
+    elif machines:
+        mixed = len({_cpu_model(name) for name, _ in machines}) > 1
+        legend = f" (a cell marked {MIXED_CPUS} has runs of different CPU models)" if mixed else ""
+        machine = f"- Machines{legend}:" + "".join(f"\n  - {name}: {_runs(n)}" for name, n in machines) + "\n"
+    else:
+        machine = ""
+    done, expected = len(records), sum(r.expected for r in rows)
+    return (
+        f"- Command: `{report_command(config, out, command)}`\n"
+        f"- Date: {date}\n"
+        f"{machine}"
+        f"- Runs: {done} of {expected} stored in `runs/`"
+        f"{'' if done == expected else ' (the table is incomplete: rerun the command to finish)'}\n"
+    )
+
+
+def render_report(config: BenchConfig, out: Path, command: str | None = None, *, plots: bool = True) -> str:
+    """The text of ``config``'s report from the records stored under ``out`` (draws nothing).
+
+    A function of the stored records and ``config`` alone: the command is the
+    invocation record's when it holds ``config`` (:func:`records.report_command`),
+    else ``command``; dates and machines come from the run records.
+
+    :param plots: list the plots (:func:`plot_paths`); False leaves a note that they are not drawn.
     """
-    out = Path(out or config.output_dir)
-    started = started or datetime.datetime.now(datetime.timezone.utc)
-    load = load or reporting.load_average()
     rows = load_rows(config, out)
     teachers = _teacher_records(config, out)
-    done = sum(len(r.records) for r in rows)
-    expected = sum(r.expected for r in rows)
     if plots:
-        folder = "plots" if config.report_name == "report" else f"{config.report_name}-plots"
-        plot_lines = "\n".join(
-            f"![{p.stem}]({folder}/{p.name})" for p in write_plots(config, rows, teachers, out / folder)
-        )
+        plot_lines = "\n".join(f"![{Path(p).stem}]({p})" for p in plot_paths(config))
     else:
         plot_lines = "Not drawn: matplotlib is not installed (`pip install 'dfkd-guard[bench]'`)."
-    text = (
+    return (
         "# dfkd-guard benchmark\n\n"
-        f"- Command: `{command or '(run from Python)'}`\n"
-        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')}\n"
-        f"- Machine: {reporting.machine_line(started, load)}\n"
-        f"{reporting.busy_warning(load)}"
-        f"- Runs: {done} of {expected} stored in `runs/`"
-        f"{'' if done == expected else ' (the table is incomplete: rerun the command to finish)'}\n\n"
+        f"{_header(config, out, rows, command)}\n"
         "## Settings\n\n"
         f"{settings_table(config)}\n\n"
         "## Students\n\n"
         f"{_METRICS_TEXT}\n{main_table(rows)}\n\n"
+        "## Guard effect (paired over seeds)\n\n"
+        f"{_EFFECT_TEXT}\n{guard_effect_table(rows)}\n\n"
+        "## Confidence intervals\n\n"
+        f"{_INTERVALS_TEXT}\n{interval_table(rows)}\n\n"
         "## Teachers\n\n"
         f"{_teacher_tables(config, teachers)}\n\n"
         "## Plots\n\n"
         f"{plot_lines}\n\n"
         "## Configuration\n\n"
-        f"```json\n{json.dumps(config.model_dump(mode='json'), indent=2)}\n```\n"
+        "Without `output_dir` and `teacher_cache_dir`, which say where files go, not what ran.\n\n"
+        f"```json\n{json.dumps(config_record(config), indent=2)}\n```\n"
     )
+
+
+def write_report(
+    config: BenchConfig, out: Path | None = None, *, command: str | None = None, plots: bool = True
+) -> Path:
+    """Write ``<out>/<report_name>.md`` (:func:`render_report`) and its plots from the runs stored under ``out``.
+
+    :param command: the command that reproduces the benchmark, unless the invocation record names one.
+    :param plots: draw the plots (needs matplotlib); False leaves a note instead.
+    :returns: the report's path.
+    """
+    out = Path(out or config.output_dir)
+    if plots:
+        write_plots(config, load_rows(config, out), _teacher_records(config, out), out)
     path = out / f"{config.report_name}.md"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(render_report(config, out, command, plots=plots), encoding="utf-8")
     return path
+
+
+def rederive_report(out: Path, report_name: str) -> str:
+    """The text of report ``report_name`` from ``out`` alone: its stored config and records (:func:`render_report`)."""
+    return render_report(stored_config(out, report_name), out)

@@ -13,7 +13,8 @@ Shared by ``dfkd-guard bench-scorers`` (:mod:`dfkd_guard.bench.scorer_cost`),
   progress lines on stderr (:func:`progress`);
 * the report header: the command that reproduces the run
   (:func:`command_line`), the machine (:func:`machine_line`, built from
-  :func:`cpu_model`, :func:`usable_cores`, :func:`load_average`), a warning
+  :func:`cpu_model`, :func:`usable_cores`, :func:`load_average`; what it is
+  without when: :func:`machine_identity`), a warning
   when the machine was busy (:func:`busy_warning`), and numbers in the
   tables (:func:`format_number`);
 * printing and saving the report (:func:`publish`).
@@ -46,6 +47,7 @@ __all__ = [
     "format_number",
     "load_average",
     "load_span",
+    "machine_identity",
     "machine_line",
     "name_list",
     "parse_names",
@@ -64,6 +66,7 @@ __all__ = [
 MIN_TIMING_SECONDS = 0.02
 #: The most back-to-back calls in one timing.
 MAX_INNER_CALLS = 100
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC")
 
 
 # -- options -----------------------------------------------------------------
@@ -269,6 +272,15 @@ def machine_line(started: datetime.datetime | None = None, load: str | None = No
         f"{cpu_model()} | {cores} | torch {torch.__version__}, {torch.get_num_threads()} threads | "
         f"Python {platform.python_version()} | load average {load or load_average()} | "
         f"{started.strftime('%Y-%m-%d %H:%M UTC')}"
+    )
+
+
+def machine_identity(line: str) -> str:
+    """A :func:`machine_line` without its load average and date: what the machine is, not when it ran."""
+    return " | ".join(
+        part
+        for part in line.split(" | ")
+        if not part.startswith("load average") and not _DATE.fullmatch(part)
     )
 
 

@@ -28,7 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _table_rows(report: str) -> list[list[str]]:
-    section = report.split("## Students", 1)[1].split("## Teachers", 1)[0]
+    section = report.split("## Students", 1)[1].split("\n## ", 1)[0]
     lines = [
         line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| setting")
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import platform
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from dfkd_guard.bench.reporting import (
     calls_per_timing,
     command_line,
     format_number,
+    machine_identity,
     machine_line,
     name_list,
     parse_names,
@@ -72,6 +74,14 @@ def test_machine_line_names_torch_cores_and_date() -> None:
     assert f"{torch.get_num_threads()} threads" in line
     assert "logical cores" in line and "load average 0.10, 0.20, 0.30" in line
     assert line.endswith("2024-05-06 07:08 UTC")
+    # what the machine is, without when: the same for every run on it
+    identity = machine_identity(line)
+    assert identity == machine_identity(machine_line(None, "3.00, 2.00, 1.00"))
+    assert (
+        "load average" not in identity
+        and "UTC" not in identity
+        and identity.endswith(f"Python {platform.python_version()}")
+    )
 
 
 def test_busy_warning_only_above_the_core_count() -> None:

@@ -1,0 +1,129 @@
+"""The files a bench report is built from: the invocation record and compact copies for committing.
+
+A training ``dfkd-guard bench`` writes ``<out>/invocations/<report name>.json``:
+the command and the config (:func:`config_record`) of that report. With the
+run and teacher records under ``runs/`` and ``teacher_metrics/`` it is all a
+report needs, so a folder holding them (:func:`export_records`) rewrites the
+report byte for byte (``dfkd-guard bench --out FOLDER --rederive NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dfkd_guard.errors import DfkdGuardError
+from dfkd_guard.serialization import write_json_atomic
+
+from .config import BenchConfig
+from .runner import enumerate_runs, ntl_kind, run_path, teacher_kind, teacher_record_path
+
+__all__ = [
+    "INVOCATIONS",
+    "compact_json",
+    "config_record",
+    "export_records",
+    "invocation_path",
+    "read_invocation",
+    "report_command",
+    "stored_config",
+    "stored_report_names",
+    "teacher_record_paths",
+    "write_invocation",
+]
+
+#: Folder of the invocation records, in an output folder.
+INVOCATIONS = "invocations"
+#: Config fields that say where files go, not what ran: left out of the invocation record and the report.
+_LOCATION_FIELDS = ("output_dir", "teacher_cache_dir")
+
+
+def config_record(config: BenchConfig) -> dict[str, Any]:
+    """``config`` as JSON data without its location fields (``output_dir``, ``teacher_cache_dir``)."""
+    data = config.model_dump(mode="json")
+    for name in _LOCATION_FIELDS:
+        del data[name]
+    return data
+
+
+def invocation_path(out: Path, report_name: str) -> Path:
+    return Path(out) / INVOCATIONS / f"{report_name}.json"
+
+
+def write_invocation(config: BenchConfig, out: Path, command: str) -> Path:
+    """Store the command and config of ``config``'s report in ``out``; returns the file."""
+    path = invocation_path(out, config.report_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({"command": command, "config": config_record(config)}, path)
+    return path
+
+
+def read_invocation(out: Path, report_name: str) -> dict[str, Any] | None:
+    """The invocation record of report ``report_name`` in ``out``, or None where there is none."""
+    path = invocation_path(out, report_name)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def stored_report_names(out: Path) -> list[str]:
+    """The reports with an invocation record in ``out``, sorted."""
+    return sorted(path.stem for path in (Path(out) / INVOCATIONS).glob("*.json"))
+
+
+def stored_config(out: Path, report_name: str) -> BenchConfig:
+    """The config stored with report ``report_name`` in ``out``.
+
+    :raises DfkdGuardError: naming the file, when there is none.
+    """
+    record = read_invocation(out, report_name)
+    if record is None:
+        raise DfkdGuardError(
+            f"{invocation_path(out, report_name)}: no invocation record of report {report_name!r}; "
+            f"stored: {', '.join(stored_report_names(out)) or 'none'}"
+        )
+    return BenchConfig.from_mapping(record["config"])
+
+
+def report_command(config: BenchConfig, out: Path, command: str | None) -> str:
+    """The command a report names: the stored one when its config is ``config``, else ``command``."""
+    record = read_invocation(out, config.report_name)
+    if record is not None and record["config"] == config_record(config):
+        return str(record["command"])
+    return command or "(run from Python)"
+
+
+def teacher_record_paths(config: BenchConfig, out: Path) -> list[Path]:
+    """Where the records of the teachers ``config``'s report shows are stored, in report order."""
+    paths = []
+    for setting in config.settings:
+        kinds = dict.fromkeys(
+            [teacher_kind(config, row, setting) for row in config.rows] + [ntl_kind(config, setting)]
+        )
+        paths += [teacher_record_path(config, setting, kind, out) for kind in kinds]
+    return paths
+
+
+def compact_json(data: Any) -> str:
+    """One line of JSON, keys sorted, no spaces, then a newline."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def export_records(config: BenchConfig, source: Path, destination: Path, command: str | None) -> list[Path]:
+    """Copy what ``config``'s report reads from ``source`` into ``destination``; returns the files written.
+
+    The stored run and teacher records become compact JSON (:func:`compact_json`),
+    one file per record under the same names; the invocation record names
+    :func:`report_command` of ``source``. Other files in ``destination`` stay.
+    """
+    source, destination = Path(source), Path(destination)
+    records = [run_path(config, spec, source) for spec in enumerate_runs(config)]
+    records += teacher_record_paths(config, source)
+    written = []
+    for path in records:
+        if path.is_file():
+            target = destination / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(compact_json(json.loads(path.read_text(encoding="utf-8"))), encoding="utf-8")
+            written.append(target)
+    written.append(write_invocation(config, destination, report_command(config, source, command)))
+    return written
