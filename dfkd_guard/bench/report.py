@@ -46,6 +46,7 @@ from dfkd_guard.errors import DfkdGuardError
 
 from . import reporting
 from .config import BenchConfig, row_label
+from .metrics import balanced_collapse_floor
 from .records import config_record, report_command, stored_config, teacher_record_paths
 from .runner import enumerate_runs, ntl_kind, run_path, teacher_components, teacher_kind
 from .seed_statistics import CONFIDENCE, paired_differences, summarize
@@ -81,6 +82,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("iacc", "IAcc"),
     ("oacc", "OAcc"),
     ("oagr", "OAgr"),
+    ("oagr_excess", "OAgr − SL"),
     ("asr_minus_clean", "ASR − clean"),
     ("ood_share", "synthetic OOD share"),
     ("collapse", "collapse"),
@@ -96,6 +98,11 @@ EFFECT_COLUMNS: tuple[tuple[str, str], ...] = (
 PLOT_KINDS = ("iacc", "trap", "scores")
 #: Marks a table cell whose runs ran on different CPU models.
 MIXED_CPUS = "†"
+#: Runs whose student has a lower IAcc are left out of ASR − clean: a near-chance student sends few
+#: images anywhere, so a low ASR says nothing about the backdoor.
+ASR_IACC_FLOOR = 0.5
+#: Marks an ASR − clean cell from which runs under :data:`ASR_IACC_FLOOR` were left out.
+BELOW_IACC_FLOOR = "‡"
 
 _TEACHER_LABELS = {"sl": "SL", "ntl": "NTL", "ntl_backdoor": "NTL backdoor"}
 
@@ -110,13 +117,25 @@ class RowSummary:
     expected: int
     records: list[dict[str, Any]] = field(default_factory=list)
 
+    def _counted(self, metric: str) -> list[dict[str, Any]]:
+        """The runs whose value of ``metric`` the table shows: ASR − clean only above :data:`ASR_IACC_FLOOR`."""
+        if metric != "asr_minus_clean":
+            return self.records
+        return [r for r in self.records if (r["final"].get("iacc") or 0.0) >= ASR_IACC_FLOOR]
+
     def values(self, metric: str) -> list[float]:
-        """The metric's final value in every stored run that has it."""
-        return [v for r in self.records if (v := r["final"].get(metric)) is not None]
+        """The metric's final value in every stored run that has it (and counts for it)."""
+        return [v for r in self._counted(metric) if (v := r["final"].get(metric)) is not None]
 
     def by_seed(self, metric: str) -> dict[int, float]:
-        """The metric's final value per seed, in the stored runs that have it."""
-        return {r["spec"]["seed"]: v for r in self.records if (v := r["final"].get(metric)) is not None}
+        """The metric's final value per seed, in the stored runs that have it (and count for it)."""
+        return {
+            r["spec"]["seed"]: v for r in self._counted(metric) if (v := r["final"].get(metric)) is not None
+        }
+
+    def left_out(self, metric: str) -> int:
+        """Runs that have a value of ``metric`` the table leaves out (ASR − clean of near-chance students)."""
+        return sum(r["final"].get(metric) is not None for r in self.records) - len(self.values(metric))
 
     def cpu_models(self, seeds: set[int] | None = None) -> set[str]:
         """The CPU models the stored runs (of ``seeds``, default all) ran on."""
@@ -153,7 +172,24 @@ def load_rows(config: BenchConfig, out: Path | None = None) -> list[RowSummary]:
         path = run_path(config, spec, out)
         if path.is_file():
             summary.records.append(json.loads(path.read_text(encoding="utf-8")))
+    _add_oagr_excess(list(rows.values()))
     return list(rows.values())
+
+
+def _add_oagr_excess(rows: list[RowSummary]) -> None:
+    """Give every run ``oagr_excess``: its OAgr minus that of the SL-teacher student of its setting, adapter and seed.
+
+    An ordinary student agrees with the NTL teacher on many OOD images too (both
+    may map a domain to one class), so OAgr alone cannot show inherited
+    behaviour; the excess over the SL-teacher student can. None where that
+    student is not stored.
+    """
+    sl = {(r.setting, r.adapter): r.by_seed("oagr") for r in rows if r.row == "sl"}
+    for r in rows:
+        reference = sl.get((r.setting, r.adapter), {})
+        for record in r.records:
+            oagr, base = record["final"].get("oagr"), reference.get(record["spec"]["seed"])
+            record["final"]["oagr_excess"] = None if oagr is None or base is None else oagr - base
 
 
 def _cpu_model(machine: str) -> str:
@@ -163,6 +199,11 @@ def _cpu_model(machine: str) -> str:
 
 def _mixed(cpu_models: set[str]) -> str:
     return f" {MIXED_CPUS}" if len(cpu_models) > 1 else ""
+
+
+def _below_floor(row: RowSummary, metric: str) -> str:
+    left_out = row.left_out(metric)
+    return f" {BELOW_IACC_FLOOR}{left_out}" if left_out else ""
 
 
 def format_stat(values: Sequence[float]) -> str:
@@ -200,7 +241,7 @@ def main_table(rows: list[RowSummary]) -> str:
     lines = []
     for r in rows:
         cells = [r.setting, r.adapter, row_label(r.row)]
-        cells += [format_stat(r.values(metric)) for metric, _ in COLUMNS]
+        cells += [format_stat(r.values(metric)) + _below_floor(r, metric) for metric, _ in COLUMNS]
         cells += [r.verdicts(), format_stat(r.seconds_per_iteration())]
         cells.append(f"{len(r.records)}/{r.expected}{_mixed(r.cpu_models())}")
         lines.append(cells)
@@ -212,7 +253,7 @@ def interval_table(rows: list[RowSummary]) -> str:
     header = ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["seeds"]
     lines = [
         [r.setting, r.adapter, row_label(r.row)]
-        + [format_interval(r.values(metric)) for metric, _ in COLUMNS]
+        + [format_interval(r.values(metric)) + _below_floor(r, metric) for metric, _ in COLUMNS]
         + [f"{len(r.records)}{_mixed(r.cpu_models())}"]
         for r in rows
     ]
@@ -474,17 +515,35 @@ each cell the mean ± sample standard deviation over seeds (the mean alone for o
 
 - IAcc: student accuracy on MNIST. OAcc: on the OOD domain (close-set settings; backdoor settings:
   triggered images against their true labels). OAgr: share of OOD test images where the student
-  predicts what the setting's NTL teacher predicts.
+  predicts what the setting's NTL teacher predicts. OAgr − SL: OAgr minus that of the SL-teacher
+  student of the same adapter and seed, the agreement an ordinary student does not have (an
+  ordinary student may map a whole domain to the NTL teacher's class too, so OAgr alone cannot
+  show inherited behaviour).
 - ASR − clean: share of triggered non-target images the student sends to the target class, minus
-  the share of the same images without trigger it sends there (backdoor settings only).
+  the share of the same images without trigger it sends there (backdoor settings only), over the
+  runs whose student has IAcc >= {floor}: ‡n marks a cell with n runs left out below it.
 - On the adapter's latest synthetic batch: synthetic OOD share (OOD side of a linear probe on the
   run's teacher features, fitted on real ID vs OOD train images), collapse (share of the teacher's
-  predictions in the most frequent class); flagged by guard: share of student samples forgotten.
+  predictions in the most frequent class; a batch drawn uniformly over MNIST's 10 classes scores
+  {floors}, not 0.1); flagged by guard: share of student samples forgotten.
 - BN prior: the guard's verdict on the teacher, per seed (ntl-like: BN targets corrected;
   ordinary: left alone; warming up: the run ended before the warm-up did).
 - s/it: wall time per DFKD iteration, without evaluations. seeds: runs stored / expected;
   † where they ran on different CPU models (see the machines above).
 """
+
+#: The ID domain of every setting is MNIST.
+_ID_CLASSES = 10
+
+
+def _metrics_text(rows: list[RowSummary]) -> str:
+    """The legend of the main table, with the balanced collapse floor of each batch size in the runs."""
+    sizes = sorted({record["config"]["adapter_config"]["batch_size"] for r in rows for record in r.records})
+    floors = ", ".join(
+        f"{reporting.format_number(balanced_collapse_floor(n, _ID_CLASSES))} on average for {n} images"
+        for n in sizes
+    )
+    return _METRICS_TEXT.format(floor=ASR_IACC_FLOOR, floors=floors or "more than 0.1")
 
 
 _INTERVALS_TEXT = f"""\
@@ -507,6 +566,19 @@ def _utc_minute(timestamp: str) -> str:
 
 def _runs(count: int) -> str:
     return f"{count} run{'' if count == 1 else 's'}"
+
+
+def _criterion(config: BenchConfig) -> str:
+    """The KD criterion of the guarded and the unguarded rows (an unguarded run distils at temperature 1)."""
+    guards = [config.guard, *config.guard_variants.values()]
+    temperatures = sorted({g.kd_temperature for g in guards} | {1.0})
+    if temperatures == [1.0]:
+        return "KL(teacher ‖ student) at temperature 1 in every row"
+    listed = ", ".join(f"{t:g}" for t in temperatures if t != 1.0)
+    return (
+        "KL(teacher ‖ student) at temperature 1 in unguarded rows and the guard's kd_temperature "
+        f"({listed}) in guarded rows: their difference is not the guard's alone"
+    )
 
 
 def _header(config: BenchConfig, out: Path, rows: list[RowSummary], command: str | None) -> str:
@@ -533,6 +605,7 @@ def _header(config: BenchConfig, out: Path, rows: list[RowSummary], command: str
         f"- Command: `{report_command(config, out, command)}`\n"
         f"- Date: {date}\n"
         f"{machine}"
+        f"- Distillation: {_criterion(config)}\n"
         f"- Runs: {done} of {expected} stored in `runs/`"
         f"{'' if done == expected else ' (the table is incomplete: rerun the command to finish)'}\n"
     )
@@ -559,7 +632,7 @@ def render_report(config: BenchConfig, out: Path, command: str | None = None, *,
         "## Settings\n\n"
         f"{settings_table(config)}\n\n"
         "## Students\n\n"
-        f"{_METRICS_TEXT}\n{main_table(rows)}\n\n"
+        f"{_metrics_text(rows)}\n{main_table(rows)}\n\n"
         "## Guard effect (paired over seeds)\n\n"
         f"{_EFFECT_TEXT}\n{guard_effect_table(rows)}\n\n"
         "## Confidence intervals\n\n"
