@@ -20,7 +20,7 @@ from dfkd_guard.normalization import Normalization
 from dfkd_guard.plugins import PluginRegistry
 from dfkd_guard.sample_weights import SampleWeights
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "CheckpointError",
