@@ -229,16 +229,37 @@ def progress(command: str, message: str) -> None:
 # -- the machine -------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from ``/proc/cpuinfo`` where there is one)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+#: Vector instruction sets that change which floating-point kernels torch runs, widest first.
+_VECTOR_ISAS = ("avx512f", "avx2", "avx", "sse4_2", "asimd", "neon")
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name, family / model / stepping and widest vector instruction set.
+
+    Virtual machines often report a bare name ("AMD EPYC") for CPUs of several
+    generations whose kernels round differently; the numbers and the
+    instruction set tell them apart, e.g. ``AMD EPYC (cpu family 25, model 1,
+    stepping 1, avx2)``.
+
+    :param cpuinfo: text in the format of ``/proc/cpuinfo`` (default: that file, where there is one).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as file:
+                cpuinfo = file.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    details = [f"{key} {fields[key]}" for key in ("cpu family", "model", "stepping") if key in fields]
+    details += [isa for isa in _VECTOR_ISAS if isa in flags][:1]
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def usable_cores() -> int | None:

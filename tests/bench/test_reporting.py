@@ -13,6 +13,7 @@ from dfkd_guard.bench.reporting import (
     busy_warning,
     calls_per_timing,
     command_line,
+    cpu_model,
     format_number,
     machine_identity,
     machine_line,
@@ -65,6 +66,18 @@ def test_name_list_message_reaches_the_command_line(capsys: pytest.CaptureFixtur
 )
 def test_format_number_gives_three_significant_digits_without_exponents(value: float, text: str) -> None:
     assert format_number(value) == text
+
+
+def test_cpu_model_tells_generations_behind_one_name_apart() -> None:
+    zen3 = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+    )
+    zen3 += "stepping\t: 1\nflags\t\t: fpu sse4_2 avx avx2\n\nprocessor\t: 1\nmodel name\t: other\n"
+    assert cpu_model(zen3) == "AMD EPYC (cpu family 25, model 1, stepping 1, avx2)"
+    zen4 = zen3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2\n", "avx2 avx512f\n")
+    assert cpu_model(zen4) == "AMD EPYC (cpu family 25, model 17, stepping 1, avx512f)"
+    assert cpu_model("") == cpu_model("\n")  # no cpuinfo: the platform's name alone
+    assert "(" not in cpu_model("")
 
 
 def test_machine_line_names_torch_cores_and_date() -> None:
