@@ -17,7 +17,9 @@ with its OOD score, computed once; the student replays the pool.
 
 Defaults are the paper's CIFAR-10 parameters (NVlabs/DeepInversion
 ``cifar10/README.md``: ``r_feature_weight=10``, ``di_lr=0.05``; its script's
-``di_var_scale=2.5e-5``, ``di_l2_scale=0``, 2000 iterations, batch 256, jitter 2).
+``di_var_scale=2.5e-5``, ``di_l2_scale=0``, 2000 iterations, batch 256, jitter 2),
+except Adam's betas (0.5, 0.99), the flips and the random targets, which
+follow the zju-vipa ``datafree`` package (``docs/adapter_fidelity.md``).
 """
 
 from __future__ import annotations
