@@ -73,6 +73,7 @@ __all__ = [
     "render_report",
     "require_matplotlib",
     "settings_table",
+    "targets_table",
     "write_plots",
     "write_report",
 ]
@@ -301,6 +302,99 @@ def guard_effect_table(rows: list[RowSummary]) -> str:
         lines.append(cells)
     header = ["setting", "adapter", "guarded − unguarded", "pairs"] + [title for _, title in EFFECT_COLUMNS]
     return _table(header, "|---|---|---|---:|" + "---:|" * len(EFFECT_COLUMNS), lines)
+
+
+#: The guard's targets (docs/bn_prior.md), checked on every setting x adapter of a report.
+ORACLE_SHARE = 0.95  # NTL + guard IAcc >= this share of the oracle row's
+MAX_IACC_LOSS = 0.01  # no guarded row below its unguarded row by more than this (mean paired IAcc)
+SL_TOLERANCE = 0.005  # SL + guard within this of SL
+MAX_ASR = 0.03  # backdoor: ASR - clean with the guard at most this ...
+MAX_ASR_IACC_COST = 0.02  # ... at this much IAcc at most against the unguarded NTL student
+TRAP_MARGIN = 0.02  # a teacher traps DFKD when its unguarded student is below the SL student's IAcc by more
+
+
+def _verdicts_all(row: RowSummary, verdict: str) -> bool:
+    return bool(row.records) and all((r.get("bn_prior") or {}).get("verdict") == verdict for r in row.records)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _target_lines(group: dict[str, RowSummary]) -> list[tuple[str, str, bool | None]]:
+    """(target, what was measured, met) for one setting x adapter; met None where it cannot be judged."""
+    lines: list[tuple[str, str, bool | None]] = []
+    ntl, guarded, sl, sl_guarded, oracle = (
+        group.get(k) for k in ("ntl", "ntl_guard", "sl", "sl_guard", "ntl_oracle")
+    )
+    if sl_guarded is not None and sl_guarded.records:
+        lines.append(
+            (
+                "verdict on the SL teacher ordinary",
+                sl_guarded.verdicts(),
+                _verdicts_all(sl_guarded, "ordinary"),
+            )
+        )
+    ntl_iacc = _mean(ntl.values("iacc")) if ntl is not None else None
+    sl_iacc = _mean(sl.values("iacc")) if sl is not None else None
+    trapped = None if ntl_iacc is None or sl_iacc is None else ntl_iacc < sl_iacc - TRAP_MARGIN
+    if guarded is not None and guarded.records and trapped is not None:
+        expected = "ntl-like" if trapped else "ordinary"
+        target = (
+            f"verdict on the NTL teacher {expected} (its student {ntl_iacc:.3f}, the SL one {sl_iacc:.3f})"
+        )
+        lines.append((target, guarded.verdicts(), _verdicts_all(guarded, expected)))
+    if guarded is not None and oracle is not None:
+        mine, best = _mean(guarded.values("iacc")), _mean(oracle.values("iacc"))
+        if mine is not None and best:
+            share = mine / best
+            lines.append(
+                (
+                    f"NTL + guard IAcc >= {ORACLE_SHARE:.0%} of the oracle's",
+                    f"{share:.1%}",
+                    share >= ORACLE_SHARE,
+                )
+            )
+    gains = paired_differences(guarded.by_seed("iacc"), ntl.by_seed("iacc")) if guarded and ntl else []
+    if gains and trapped:
+        above = sum(g > 0 for g in gains)
+        lines.append(
+            (
+                "NTL + guard IAcc above NTL on every seed",
+                f"{above} of {len(gains)} seeds",
+                above == len(gains),
+            )
+        )
+    if gains:
+        gain = statistics.fmean(gains)
+        target = f"NTL + guard IAcc not below NTL by more than {MAX_IACC_LOSS:g}"
+        lines.append((target, f"{gain:+.3f}", gain >= -MAX_IACC_LOSS))
+    if guarded is not None and any(r["final"].get("asr_minus_clean") is not None for r in guarded.records):
+        asr = _mean(guarded.values("asr_minus_clean"))
+        cost = -statistics.fmean(gains) if gains else 0.0
+        met = None if asr is None else asr <= MAX_ASR and cost <= MAX_ASR_IACC_COST
+        measured = "no student with IAcc >= 0.5" if asr is None else f"{asr:.3f} at {cost:+.3f} IAcc cost"
+        target = f"backdoor: ASR − clean <= {MAX_ASR:g} at <= {MAX_ASR_IACC_COST:g} IAcc cost"
+        lines.append((target, measured, met))
+    changes = paired_differences(sl_guarded.by_seed("iacc"), sl.by_seed("iacc")) if sl_guarded and sl else []
+    if changes:
+        change = statistics.fmean(changes)
+        target = f"SL + guard IAcc within {SL_TOLERANCE:g} of SL"
+        lines.append((target, f"{change:+.3f}", abs(change) <= SL_TOLERANCE))
+    return lines
+
+
+def targets_table(rows: list[RowSummary]) -> str:
+    """The guard's targets for every setting x adapter, judged from the stored runs, in Markdown."""
+    groups: dict[tuple[str, str], dict[str, RowSummary]] = {}
+    for r in rows:
+        groups.setdefault((r.setting, r.adapter), {})[r.row] = r
+    lines = []
+    for (setting, adapter), group in groups.items():
+        for target, measured, met in _target_lines(group):
+            verdict = "not judged" if met is None else ("met" if met else "not met")
+            lines.append([setting, adapter, target, measured, verdict])
+    return _table(["setting", "adapter", "target", "measured", "met"], "|---|---|---|---:|---|", lines)
 
 
 def _named(record: dict[str, Any] | None) -> str:
@@ -559,6 +653,17 @@ where the interval covers 0.
 """
 
 
+_TARGETS_TEXT = f"""\
+The guard's targets, judged from the runs above (means over seeds; paired differences seed by seed):
+the SL teacher judged ordinary on every seed, the NTL teacher NTL-like where it traps DFKD (its unguarded
+student more than {TRAP_MARGIN:g} IAcc below the SL student's) and ordinary elsewhere; where it traps, NTL + guard
+above the unguarded NTL student on every seed; NTL + guard at >= {ORACLE_SHARE:.0%} of the oracle's IAcc (where there
+is an oracle row);
+no guarded row below its unguarded row by more than {MAX_IACC_LOSS:g} IAcc; SL + guard within {SL_TOLERANCE:g} of SL;
+in backdoor settings ASR − clean <= {MAX_ASR:g} at <= {MAX_ASR_IACC_COST:g} IAcc below the unguarded NTL student.
+"""
+
+
 def _utc_minute(timestamp: str) -> str:
     moment = datetime.datetime.fromisoformat(timestamp).astimezone(datetime.timezone.utc)
     return moment.strftime("%Y-%m-%d %H:%M UTC")
@@ -635,6 +740,8 @@ def render_report(config: BenchConfig, out: Path, command: str | None = None, *,
         f"{_metrics_text(rows)}\n{main_table(rows)}\n\n"
         "## Guard effect (paired over seeds)\n\n"
         f"{_EFFECT_TEXT}\n{guard_effect_table(rows)}\n\n"
+        "## Targets\n\n"
+        f"{_TARGETS_TEXT}\n{targets_table(rows)}\n\n"
         "## Confidence intervals\n\n"
         f"{_INTERVALS_TEXT}\n{interval_table(rows)}\n\n"
         "## Teachers\n\n"
