@@ -59,6 +59,10 @@ def _judged(run: dict, verdict: str) -> dict:
     return {**run, "bn_prior": {"verdict": verdict}}
 
 
+def _row(row: str, *runs: dict) -> RowSummary:
+    return RowSummary("s", "vanilla", row, len(runs), list(runs))
+
+
 def _targets(rows: list[RowSummary]) -> dict[str, tuple[str, str]]:
     lines = targets_table(rows).splitlines()[2:]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
@@ -66,32 +70,17 @@ def _targets(rows: list[RowSummary]) -> dict[str, tuple[str, str]]:
 
 
 def test_targets_are_judged_from_the_runs() -> None:
-    sl = RowSummary("s", "vanilla", "sl", 2, [_run(0, iacc=0.96), _run(1, iacc=0.97)])
-    sl_guard = RowSummary(
-        "s",
-        "vanilla",
-        "sl_guard",
-        2,
-        [_judged(_run(0, iacc=0.96), "ordinary"), _judged(_run(1, iacc=0.97), "ordinary")],
+    sl = _row("sl", _run(0, iacc=0.96), _run(1, iacc=0.97))
+    sl_guard = _row(
+        "sl_guard", _judged(_run(0, iacc=0.96), "ordinary"), _judged(_run(1, iacc=0.97), "ordinary")
     )
-    ntl = RowSummary(
-        "s",
-        "vanilla",
-        "ntl",
-        2,
-        [_run(0, iacc=0.80, asr_minus_clean=0.9), _run(1, iacc=0.85, asr_minus_clean=0.9)],
-    )
-    guarded = RowSummary(
-        "s",
-        "vanilla",
+    ntl = _row("ntl", _run(0, iacc=0.80, asr_minus_clean=0.9), _run(1, iacc=0.85, asr_minus_clean=0.9))
+    guarded = _row(
         "ntl_guard",
-        2,
-        [
-            _judged(_run(0, iacc=0.90, asr_minus_clean=0.02), "ntl-like"),
-            _judged(_run(1, iacc=0.84, asr_minus_clean=0.01), "ntl-like"),
-        ],
+        _judged(_run(0, iacc=0.90, asr_minus_clean=0.02), "ntl-like"),
+        _judged(_run(1, iacc=0.84, asr_minus_clean=0.01), "ntl-like"),
     )
-    oracle = RowSummary("s", "vanilla", "ntl_oracle", 2, [_run(0, iacc=0.93), _run(1, iacc=0.93)])
+    oracle = _row("ntl_oracle", _run(0, iacc=0.93), _run(1, iacc=0.93))
     targets = _targets([sl, sl_guard, ntl, guarded, oracle])
     assert targets["verdict on the SL teacher ordinary"] == ("ordinary 2", "met")
     assert targets["verdict on the NTL teacher ntl-like (its student 0.825, the SL one 0.965)"] == (
@@ -108,13 +97,9 @@ def test_targets_are_judged_from_the_runs() -> None:
     assert targets["SL + guard IAcc within 0.005 of SL"] == ("+0.000", "met")
 
     # a teacher whose unguarded student is as good as the SL one does not trap: "ordinary" is the right verdict
-    harmless = RowSummary("s", "vanilla", "ntl", 2, [_run(0, iacc=0.96), _run(1, iacc=0.955)])
-    judged_ntl = RowSummary(
-        "s",
-        "vanilla",
-        "ntl_guard",
-        2,
-        [_judged(_run(0, iacc=0.96), "ntl-like"), _judged(_run(1, iacc=0.955), "ordinary")],
+    harmless = _row("ntl", _run(0, iacc=0.96), _run(1, iacc=0.955))
+    judged_ntl = _row(
+        "ntl_guard", _judged(_run(0, iacc=0.96), "ntl-like"), _judged(_run(1, iacc=0.955), "ordinary")
     )
     targets = _targets([sl, harmless, judged_ntl])
     assert targets["verdict on the NTL teacher ordinary (its student 0.958, the SL one 0.965)"] == (
