@@ -1,11 +1,13 @@
 """Contrastive Model Inversion (Fang et al., IJCAI 2021): diverse inversion through a contrastive prior.
 
-Each :meth:`CMISynthesizer.synthesize` round resets the generator to the
-weights it had when the synthesizer was built, draws fresh latent codes ``z``
-and optimises generator and codes jointly (Adam, betas 0.5/0.999) for
-``iterations`` steps on ``x = normalize(G(z))``:
+Each :meth:`CMISynthesizer.synthesize` round redraws the generator's weights
+(CMI's initialisation; ``generator_init="restore"`` restarts from its
+construction-time weights instead), draws fresh latent codes ``z`` and
+optimises generator and codes jointly (Adam, betas 0.5/0.999) for
+``iterations`` steps on ``x = normalize(G(z))``, whose losses see the global
+view ``x~``, ``x`` shifted by up to ``view_shift`` pixels and flipped:
 
-``oh * CE(T(x), y) + bn * BN(x) + adv * ADV(x) + cr * CR(x)``
+``oh * CE(T(x~), y) + bn * BN(x~) + adv * ADV(x~) + cr * CR(x~)``
 
 * ``CE``: cross-entropy to target classes ``y`` (random, or balanced);
 * ``BN``: BatchNorm-statistics matching of the teacher (DeepInversion prior);
@@ -13,28 +15,26 @@ and optimises generator and codes jointly (Adam, betas 0.5/0.999) for
   student and teacher agree on the argmax (CMI's masked adversarial term);
 * ``CR``: the contrastive term. Each sample's *instance feature* is the
   per-sample channel mean and variance of every teacher BatchNorm input,
-  concatenated over layers. A global view (``x`` itself) and a local view (a
-  random resized crop of ``x``, flipped at random) both pass through the
-  teacher; an MLP head projects both views of the batch and of up to
-  ``n_neg`` features drawn from a memory bank of past rounds, and InfoNCE
-  asks each local projection to pick its own global projection among all of
-  them (temperature ``cr_temperature``).
+  concatenated over layers. The global view and a local view (a random
+  resized crop of ``x``, flipped at random) both pass through the teacher; an
+  MLP head projects both views of the batch and of up to ``n_neg`` features
+  drawn from a memory bank of past rounds, and InfoNCE asks each local
+  projection to pick its own global projection among all of them
+  (temperature ``cr_temperature``).
 
 The guard's generator penalty is added before ``backward()``. The lowest-loss
-batch of the round goes into an :class:`~dfkd_guard.adapters.pool.ImagePool`
-with its OOD score (computed once) and its features into the memory bank; the
-student replays the pool. The head and the bank persist across rounds.
+batch of the round, ``x`` itself, goes into an
+:class:`~dfkd_guard.adapters.pool.ImagePool` with its OOD score (computed
+once) and its features into the memory bank; the student replays the pool,
+each image shifted by up to ``replay_shift`` pixels (and flipped) every time it
+is drawn, its stored score kept. The head and the bank persist across rounds.
 
 Differences from the public code (zju-vipa/CMI, ``datafree/synthesis/contrastive.py``),
-all deliberate: the reset restores the generator's construction-time weights
-instead of drawing a new DCGAN-style initialisation (the caller's
-initialisation is kept, and stored in :meth:`CMISynthesizer.state_dict`);
-the instance feature holds channel means *and* variances (``features="mean"``
-gives the code's means only); the global view is the image itself (the code
-also pads, crops and flips it), so the pooled, scored and penalised images are
-exactly the ones the teacher saw; replayed batches are not augmented (a
-stored score belongs to the stored image); every random draw comes from the
-global CPU torch generator (checkpointed by :func:`~dfkd_guard.adapters.training.train`).
+all deliberate: the instance feature holds channel means *and* variances
+(``features="mean"`` gives the code's means only); the views are whole-pixel
+shifts with repeated edges instead of zero-padded crops; every random draw,
+including the redrawn generator weights, comes from the global CPU torch
+generator (checkpointed by :func:`~dfkd_guard.adapters.training.train`).
 
 Defaults are CMI's CIFAR-10 hyper-parameters (zju-vipa/CMI
 ``scripts/cmi/scratch_cmi_cifar10_wrn402_wrn161.sh``: adv 0.5, bn 1, oh 1,
@@ -57,9 +57,17 @@ from torch import nn
 from dfkd_guard import Guard, GuardedBatch
 from dfkd_guard.adapters.base import LowestLoss, SynthesisResult, Synthesizer, loss_terms, to_device
 from dfkd_guard.adapters.pool import ImagePool
+from dfkd_guard.adapters.views import random_shift
 from dfkd_guard.losses import kd_divergence
 
-__all__ = ["CMIConfig", "CMISynthesizer", "FeatureBank", "ProjectionHead", "random_resized_crop"]
+__all__ = [
+    "CMIConfig",
+    "CMISynthesizer",
+    "FeatureBank",
+    "ProjectionHead",
+    "random_resized_crop",
+    "redraw_dcgan",
+]
 
 
 class CMIConfig(BaseModel):
@@ -109,7 +117,22 @@ class CMIConfig(BaseModel):
         default=(0.25, 1.0), description="area range of the local crop (CMI 0.25-1)"
     )
     flip: bool = Field(
-        default=True, description="flip the local view horizontally with probability 1/2 (CMI)"
+        default=True,
+        description="flip the local view, the global view and replayed images horizontally with probability 1/2 (CMI)",
+    )
+    view_shift: int = Field(
+        default=4,
+        ge=0,
+        description="random translation of the global view, pixels (CMI: pad 4 and crop at 32)",
+    )
+    replay_shift: int = Field(
+        default=4,
+        ge=0,
+        description="random translation of each replayed image, pixels (CMI: pad 4 and crop at 32)",
+    )
+    generator_init: Literal["redraw", "restore"] = Field(
+        default="redraw",
+        description="each round: redraw G's weights (CMI: N(0, 0.02), BN N(1, 0.02)) or restore its construction-time ones",
     )
 
     @model_validator(mode="after")
@@ -216,6 +239,21 @@ def random_resized_crop(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def redraw_dcgan(module: nn.Module) -> None:
+    """Draw new weights, in place, from the CPU generator: Linear and convolution weights N(0, 0.02), BatchNorm
+    weights N(1, 0.02), their biases 0 (CMI's ``reset_model``); other layers keep theirs."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+                layer.weight.copy_(torch.randn(layer.weight.shape) * 0.02)
+            elif isinstance(layer, nn.modules.batchnorm._NormBase) and layer.affine:
+                layer.weight.copy_(1 + torch.randn(layer.weight.shape) * 0.02)
+            else:
+                continue
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+
 def _clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
@@ -227,8 +265,8 @@ class CMISynthesizer(Synthesizer):
         BatchNorm layers (they give the instance features).
     :param student: the student.
     :param generator: maps ``(B, latent_dim)`` codes to [0, 1] pixel images
-        (B, C, H, W); normalised with the guard's normalisation. Its weights at
-        construction are the ones every round starts from.
+        (B, C, H, W); normalised with the guard's normalisation. Each round
+        starts from its weights at construction, redrawn (``generator_init``).
     :param latent_dim: size of ``z``.
     :param guard: the guard bound to ``teacher`` (``enabled=False`` for unguarded CMI).
     :param config: hyper-parameters.
@@ -309,8 +347,11 @@ class CMISynthesizer(Synthesizer):
         return losses[:batch].mean() + losses[batch:].mean()
 
     def reset_generator(self) -> None:
-        """Put the generator back to its construction-time weights and buffers."""
+        """Start a round's generator: its construction-time weights and buffers, then, with
+        ``generator_init="redraw"``, fresh CMI weights in every Linear, convolution and BatchNorm layer."""
         self.generator.load_state_dict(self.initial_generator)
+        if self.config.generator_init == "redraw":
+            redraw_dcgan(self.generator)
 
     def synthesize(self) -> SynthesisResult:
         """One round: reset G, optimise G and z, pool the best batch with its scores."""
@@ -330,7 +371,8 @@ class CMISynthesizer(Synthesizer):
             self.head_optimizer.zero_grad(set_to_none=True)
             pixels = self.generator(z)
             images = normalize(pixels)
-            t_out = self.teacher(images)
+            view = normalize(random_shift(pixels, c.view_shift, c.flip))
+            t_out = self.teacher(view)
             parts: dict[str, torch.Tensor] = {}
             if c.bn:
                 parts["bn"] = self.guard.bn_loss()
@@ -340,17 +382,17 @@ class CMISynthesizer(Synthesizer):
             if c.oh:
                 parts["oh"] = F.cross_entropy(t_out, targets)
             if c.adv:
-                parts["adv"] = self._adversarial(self.student(images), t_out)
+                parts["adv"] = self._adversarial(self.student(view), t_out)
             if c.cr:
                 parts["cr"] = self._contrastive(local_features, global_features)
             weights = {"oh": c.oh, "bn": c.bn, "adv": c.adv, "cr": c.cr}
-            penalty = self.guard.generator_penalty(images, t_out)
+            penalty = self.guard.generator_penalty(view, t_out)
             total = sum((weights[k] * v for k, v in parts.items()), penalty)
             if not bool(torch.isfinite(total) & torch.isfinite(images).all()):  # the step's one host sync
                 skipped += 1
                 continue
             features = torch.cat([local_features, global_features], dim=1).detach()
-            lowest.offer(total, images, t_out, features, valid=torch.isfinite(features).all())
+            lowest.offer(total, images, features, valid=torch.isfinite(features).all())
             total.backward()
             optimizer.step()
             self.head_optimizer.step()
@@ -359,16 +401,17 @@ class CMISynthesizer(Synthesizer):
         terms, kept = loss_terms(last), lowest.best()
         if kept is None:
             return SynthesisResult(torch.empty(0, *self.image_shape), terms, skipped)
-        best_loss, (images, logits, features) = kept
-        self.pool.add(images, self.guard.score(images, logits, if_needed=True))
+        best_loss, (images, features) = kept
+        self.pool.add(images, self.guard.score(images, if_needed=True))
         self.bank.add(features)
         terms["best_total"] = best_loss
         return SynthesisResult(images, terms, skipped)
 
     def sample(self) -> GuardedBatch:
-        """A random pool batch with its stored scores: replay never rescores."""
-        images, scores, _ = self.pool.sample(self.config.student_batch_size, self.device)
-        return self.guarded_batch(images, scores)
+        """A random pool batch, each image shifted at random, with its stored scores: replay never rescores."""
+        c = self.config
+        images, scores, _ = self.pool.sample(c.student_batch_size, self.device)
+        return self.guarded_batch(random_shift(images, c.replay_shift, c.flip), scores)
 
     def state_dict(self) -> dict[str, Any]:
         return {

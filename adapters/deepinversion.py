@@ -1,8 +1,8 @@
 """DeepInversion (Yin et al. CVPR 2020): optimise pixels to invert the teacher.
 
 Each :meth:`DeepInversionSynthesizer.synthesize` round starts a batch from
-Gaussian noise in teacher input units and runs ``iterations`` Adam steps
-(betas 0.5/0.99) on
+noise (pixels N(0.5, 0.2) clamped to [0, 1], normalised; or N(0, 1) in teacher
+input units, ``init``) and runs ``iterations`` Adam steps (betas 0.5/0.99) on
 
 ``CE(T(x~), y) + bn * BN(x~) + tv * TV(x) + l2 * ||x||_2 + competition * (1 - JS(T(x~), S(x~)))``
 
@@ -11,21 +11,28 @@ where ``x~`` is ``x`` randomly rolled by up to ``jitter`` pixels and flipped,
 ``TV`` the L2 total variation over horizontal, vertical and both diagonal
 neighbours, and the last term the Adaptive DeepInversion competition
 (Jensen-Shannon divergence between teacher and student; off by default). The
-guard's generator penalty is added before ``backward()``. The batch with the
-lowest loss of the round goes into an :class:`~dfkd_guard.adapters.pool.ImagePool`
-with its OOD score, computed once; the student replays the pool.
+guard's generator penalty is added before ``backward()``; ``x`` is clamped to
+the pixel range after every step. The batch with the lowest loss of the round
+goes into an :class:`~dfkd_guard.adapters.pool.ImagePool` with its OOD score,
+computed once; the student replays the pool, each image shifted by up to
+``replay_shift`` pixels (and flipped) every time it is drawn, its stored score
+kept.
 
 Defaults are the paper's CIFAR-10 parameters (NVlabs/DeepInversion
 ``cifar10/README.md``: ``r_feature_weight=10``, ``di_lr=0.05``; its script's
 ``di_var_scale=2.5e-5``, ``di_l2_scale=0``, 2000 iterations, batch 256, jitter 2),
-except Adam's betas (0.5, 0.99), the flips and the random targets, which
-follow the zju-vipa ``datafree`` package (``docs/adapter_fidelity.md``).
+except what follows the zju-vipa ``datafree`` package, whose student code the
+CMI paper's DeepInversion baseline used: Adam's betas (0.5, 0.99), flips, random
+targets, clamping to the pixel range, and the augmentation of replayed images
+(``RandomCrop(32, padding=4)``: ``replay_shift=4``). The initialisation in
+pixels is ours: the published N(0, 1) assumes a teacher whose input is
+normalised to unit scale (``docs/adapter_fidelity.md``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +42,7 @@ from torch import nn
 from dfkd_guard import Guard, GuardedBatch
 from dfkd_guard.adapters.base import LowestLoss, SynthesisResult, Synthesizer, loss_terms, to_device
 from dfkd_guard.adapters.pool import ImagePool
+from dfkd_guard.adapters.views import random_shift
 
 __all__ = ["DeepInversionConfig", "DeepInversionSynthesizer", "js_divergence", "total_variation"]
 
@@ -62,7 +70,14 @@ class DeepInversionConfig(BaseModel):
     )
     jitter: int = Field(default=2, ge=0, description="maximum random roll, pixels")
     flip: bool = Field(default=True, description="random horizontal flip of the whole batch")
-    clip_to_pixel_range: bool = Field(default=False, description="clamp x to [0, 1] pixels after every step")
+    init: Literal["pixels", "teacher_units"] = Field(
+        default="pixels",
+        description="start: pixels N(0.5, 0.2) clamped to [0, 1] and normalised, or N(0, 1) in teacher input units",
+    )
+    clip_to_pixel_range: bool = Field(default=True, description="clamp x to [0, 1] pixels after every step")
+    replay_shift: int = Field(
+        default=4, ge=0, description="random translation of each replayed image, pixels (flipped too if flip)"
+    )
     pool_size: int | None = Field(default=None, ge=1, description="images kept in the pool; None = all")
 
 
@@ -123,11 +138,18 @@ class DeepInversionSynthesizer(Synthesizer):
             images = torch.flip(images, dims=(3,))
         return images
 
+    def _initial_inputs(self) -> torch.Tensor:
+        """(batch_size, C, H, W) starting images in teacher input units."""
+        noise = to_device(torch.randn(self.config.batch_size, *self.image_shape), self.device)
+        if self.config.init == "teacher_units":
+            return noise
+        return self.guard.config.normalization.normalize((0.5 + 0.2 * noise).clamp(0, 1))
+
     def synthesize(self) -> SynthesisResult:
         """One round: optimise a fresh batch, pool the best one with its scores."""
         c = self.config
         self.student.eval()
-        inputs = to_device(torch.randn(c.batch_size, *self.image_shape), self.device).requires_grad_(True)
+        inputs = self._initial_inputs().requires_grad_(True)
         targets = to_device(torch.randint(self.num_classes, (c.batch_size,)), self.device)
         optimizer = torch.optim.Adam([inputs], lr=c.lr, betas=(0.5, 0.99))
         low, high = (
@@ -171,9 +193,10 @@ class DeepInversionSynthesizer(Synthesizer):
         return SynthesisResult(best, terms, skipped)
 
     def sample(self) -> GuardedBatch:
-        """A random pool batch with its stored scores: replay never rescores."""
-        images, scores, _ = self.pool.sample(self.config.student_batch_size, self.device)
-        return self.guarded_batch(images, scores)
+        """A random pool batch, each image shifted at random, with its stored scores: replay never rescores."""
+        c = self.config
+        images, scores, _ = self.pool.sample(c.student_batch_size, self.device)
+        return self.guarded_batch(random_shift(images, c.replay_shift, c.flip), scores)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pool": self.pool.state_dict(), "skipped": self.skipped}

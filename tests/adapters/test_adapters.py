@@ -386,6 +386,26 @@ def test_deepinversion_reduces_its_loss_and_keeps_the_best_batch(teacher) -> Non
     long.close()
 
 
+@pytest.mark.parametrize("init", ["pixels", "teacher_units"])
+def test_deepinversion_starts_and_stays_in_the_pixel_range(teacher, init) -> None:
+    normalization = {"mean": (0.5,), "std": (0.25,)}
+    guard = Guard(GuardConfig(enabled=False, normalization=normalization), teacher, load_entrypoints=False)
+    config = DeepInversionConfig(batch_size=16, iterations=3, lr=0.5, init=init)
+    synthesizer = DeepInversionSynthesizer(
+        teacher, ConvNet((4, 8, 16)), guard, config, image_shape=(3, 16, 16)
+    )
+    torch.manual_seed(0)
+    start = synthesizer._initial_inputs()
+    if init == "pixels":  # pixels 0.5 +- 0.2 in [0, 1], normalised by (p - 0.5) / 0.25: in [-2, 2], std 0.8
+        assert start.min() >= -2 and start.max() <= 2 and 0.7 < float(start.std()) < 0.9
+    else:
+        assert float(start.std()) == pytest.approx(1.0, abs=0.05)
+    synthesizer.synthesize()
+    pooled = synthesizer.pool.images
+    assert pooled is not None and pooled.min() >= -2 - 1e-6 and pooled.max() <= 2 + 1e-6  # clipped every step
+    synthesizer.close()
+
+
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_a_killed_run_resumes_to_the_same_student(adapter, teacher_file, tmp_path) -> None:
     def run(checkpoint: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

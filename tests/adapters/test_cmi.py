@@ -95,7 +95,8 @@ def test_pooled_images_are_in_teacher_units() -> None:
 
 def test_replay_reuses_stored_scores() -> None:
     spy = SpyScorer()
-    synthesizer, optimizer = build(GuardConfig(scorer="spy"), plugins=(spy,))
+    unshifted = SMALL.model_copy(update={"replay_shift": 0, "flip": False})
+    synthesizer, optimizer = build(GuardConfig(scorer="spy"), unshifted, plugins=(spy,))
     train(synthesizer, optimizer, 2, kd_steps=3, progress=False)
     assert spy.calls == 2  # once per round, never during the 6 student steps
     assert spy.images == 2 * SMALL.batch_size
@@ -111,8 +112,52 @@ def test_replay_reuses_stored_scores() -> None:
     synthesizer.close()
 
 
+def test_replayed_images_are_shifted_copies_of_pooled_ones() -> None:
+    synthesizer, _ = build(GUARD_OFF, SMALL.model_copy(update={"replay_shift": 1, "flip": False}))
+    synthesizer.synthesize()
+    pool = synthesizer.pool.images
+    assert pool is not None
+    padded = torch.nn.functional.pad(pool, (1, 1, 1, 1), mode="replicate")
+    crops = {
+        tuple(image[:, dy : dy + SHAPE[1], dx : dx + SHAPE[2]].flatten().tolist())
+        for image in padded
+        for dy in range(3)
+        for dx in range(3)
+    }
+    batch = synthesizer.sample()
+    assert all(tuple(image.flatten().tolist()) in crops for image in batch.images)
+    pooled = {tuple(image.flatten().tolist()) for image in pool}
+    assert any(tuple(image.flatten().tolist()) not in pooled for image in batch.images)
+    synthesizer.close()
+
+
+def test_generator_is_redrawn_each_round_with_cmi_initialisation() -> None:
+    synthesizer, _ = build(GUARD_OFF, SMALL.model_copy(update={"batch_size": 4}))
+    starts: list[dict[str, torch.Tensor]] = []
+
+    def snapshot(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        starts.append({k: v.clone() for k, v in module.state_dict().items()})
+
+    handle = synthesizer.generator.register_forward_pre_hook(snapshot)
+    synthesizer.synthesize()
+    synthesizer.synthesize()
+    handle.remove()
+    first, second = starts[0], starts[SMALL.iterations]
+    weights = [k for k in first if k.endswith("weight")]
+    assert all(not torch.equal(first[k], second[k]) for k in weights)
+    generator = synthesizer.generator
+    conv = first["body.2.weight"]
+    assert conv.mean().abs() < 0.01 and 0.015 < conv.std() < 0.025
+    batchnorm = first["body.3.weight"]
+    assert (batchnorm - 1).abs().max() < 0.1 and torch.equal(
+        first["body.3.bias"], torch.zeros_like(batchnorm)
+    )
+    assert isinstance(generator.body[2], nn.Conv2d) and isinstance(generator.body[3], nn.BatchNorm2d)
+    synthesizer.close()
+
+
 def test_generator_restarts_from_its_initial_weights_each_round() -> None:
-    synthesizer, _ = build(GUARD_OFF)
+    synthesizer, _ = build(GUARD_OFF, SMALL.model_copy(update={"generator_init": "restore"}))
     initial = {k: v.clone() for k, v in synthesizer.generator.state_dict().items()}
     seen: list[dict[str, torch.Tensor]] = []
 
