@@ -1,8 +1,8 @@
 """Contrastive Model Inversion (Fang et al., IJCAI 2021): diverse inversion through a contrastive prior.
 
 Each :meth:`CMISynthesizer.synthesize` round redraws the generator's weights
-(CMI's initialisation; ``generator_init="restore"`` restarts from its
-construction-time weights instead), draws fresh latent codes ``z`` and
+(PyTorch's default initialisation; ``generator_init="restore"`` restarts from
+its construction-time weights instead), draws fresh latent codes ``z`` and
 optimises generator and codes jointly (Adam, betas 0.5/0.999) for
 ``iterations`` steps on ``x = normalize(G(z))``, whose losses see the global
 view ``x~``, ``x`` shifted by up to ``view_shift`` pixels and flipped:
@@ -30,7 +30,9 @@ each image shifted by up to ``replay_shift`` pixels (and flipped) every time it
 is drawn, its stored score kept. The head and the bank persist across rounds.
 
 Differences from the public code (zju-vipa/CMI, ``datafree/synthesis/contrastive.py``),
-all deliberate: the instance feature holds channel means *and* variances
+all deliberate: the redrawn weights follow PyTorch's initialisation, not the
+code's N(0, 0.02) (with 40 steps a round, not 200, a generator drawn that way
+had not yet learnt; ``docs/adapter_fidelity.md``); the instance feature holds channel means *and* variances
 (``features="mean"`` gives the code's means only); the views are whole-pixel
 shifts with repeated edges instead of zero-padded crops; every random draw,
 including the redrawn generator weights, comes from the global CPU torch
@@ -66,7 +68,7 @@ __all__ = [
     "FeatureBank",
     "ProjectionHead",
     "random_resized_crop",
-    "redraw_dcgan",
+    "redraw_default_init",
 ]
 
 
@@ -132,7 +134,7 @@ class CMIConfig(BaseModel):
     )
     generator_init: Literal["redraw", "restore"] = Field(
         default="redraw",
-        description="each round: redraw G's weights (CMI: N(0, 0.02), BN N(1, 0.02)) or restore its construction-time ones",
+        description="each round: redraw G's weights (PyTorch's initialisation) or restore its construction-time ones",
     )
 
     @model_validator(mode="after")
@@ -239,18 +241,19 @@ def random_resized_crop(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def redraw_dcgan(module: nn.Module) -> None:
-    """Draw new weights, in place, from the CPU generator: Linear and convolution weights N(0, 0.02), BatchNorm
-    weights N(1, 0.02), their biases 0 (CMI's ``reset_model``); other layers keep theirs."""
+def redraw_default_init(module: nn.Module) -> None:
+    """Draw new weights, in place, from the CPU generator, as PyTorch initialises layers: Linear and convolution
+    weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), BatchNorm weights 1 and biases 0; other layers keep
+    theirs. Buffers (BatchNorm running statistics) are left as they are."""
     with torch.no_grad():
         for layer in module.modules():
             if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
-                layer.weight.copy_(torch.randn(layer.weight.shape) * 0.02)
+                bound = 1 / math.sqrt(layer.weight.shape[1] * layer.weight[0, 0].numel())  # torch's fan_in
+                layer.weight.copy_((torch.rand(layer.weight.shape) * 2 - 1) * bound)
+                if layer.bias is not None:
+                    layer.bias.copy_((torch.rand(layer.bias.shape) * 2 - 1) * bound)
             elif isinstance(layer, nn.modules.batchnorm._NormBase) and layer.affine:
-                layer.weight.copy_(1 + torch.randn(layer.weight.shape) * 0.02)
-            else:
-                continue
-            if layer.bias is not None:
+                layer.weight.fill_(1.0)
                 layer.bias.zero_()
 
 
@@ -348,10 +351,10 @@ class CMISynthesizer(Synthesizer):
 
     def reset_generator(self) -> None:
         """Start a round's generator: its construction-time weights and buffers, then, with
-        ``generator_init="redraw"``, fresh CMI weights in every Linear, convolution and BatchNorm layer."""
+        ``generator_init="redraw"``, fresh weights in every Linear, convolution and BatchNorm layer."""
         self.generator.load_state_dict(self.initial_generator)
         if self.config.generator_init == "redraw":
-            redraw_dcgan(self.generator)
+            redraw_default_init(self.generator)
 
     def synthesize(self) -> SynthesisResult:
         """One round: reset G, optimise G and z, pool the best batch with its scores."""
