@@ -50,12 +50,15 @@ class TrainResult:
         because of non-finite values (the synthesizer's running count).
     :param seconds_per_iteration: wall time of the iterations run in this process,
         without evaluations and checkpoint writes.
+    :param iteration_seconds: wall time of each iteration run in this process, in order (the
+        run's last ``len(iteration_seconds)`` iterations), timed as ``seconds_per_iteration``.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
     evaluations: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     skipped: int = 0
     seconds_per_iteration: float = math.nan
+    iteration_seconds: list[float] = field(default_factory=list)
 
 
 def train(
@@ -141,7 +144,8 @@ def train(
         metrics["synthesis/skipped"] = float(result.skipped)
         result.history.append(metrics)
         synthesizer.guard.step_finished(step, metrics)
-        busy += time.perf_counter() - began
+        result.iteration_seconds.append(time.perf_counter() - began)
+        busy += result.iteration_seconds[-1]
         done = step + 1
         if evaluate is not None and ((evaluate_every and done % evaluate_every == 0) or done == iterations):
             result.evaluations.append((done, evaluate()))

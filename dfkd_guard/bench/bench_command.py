@@ -142,7 +142,7 @@ _NOT_WITH_REDERIVE = ("config", "tiny", "seeds", "iterations", "settings", "adap
 
 def run(args: argparse.Namespace) -> int:
     """Build the config, run what is missing, write the report (and export it); returns the exit code."""
-    from .records import export_records, stored_config, write_invocation
+    from .records import export_records, read_invocation, stored_config, write_invocation
     from .report import require_matplotlib, write_report
     from .runner import run_bench
 
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             raise DfkdGuardError(f"--rederive takes the config stored in --out, not {', '.join(given)}")
         config = stored_config(args.out, args.rederive)
         require_matplotlib()
-        path = write_report(config, args.out)
+        path = write_report(config, args.out, invocation=read_invocation(args.out, args.rederive))
     else:
         config = _config(args)
         require_matplotlib()  # fail before hours of training, not after

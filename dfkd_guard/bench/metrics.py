@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +22,7 @@ __all__ = [
     "auroc",
     "balanced_collapse_floor",
     "collapse_rate",
+    "evenly_spaced",
     "predict",
 ]
 
@@ -62,25 +64,47 @@ def collapse_rate(predictions: torch.Tensor, num_classes: int) -> float:
 
 @functools.lru_cache(maxsize=64)
 def balanced_collapse_floor(batch: int, num_classes: int) -> float:
-    """Expected :func:`collapse_rate` of ``batch`` labels drawn uniformly over ``num_classes`` (exact).
+    """Expected :func:`collapse_rate` of ``batch`` labels drawn uniformly over ``num_classes`` (to ~1e-15).
 
-    ``E[max count] / batch`` of a uniform multinomial: with ``N(m)`` the number
-    of label sequences whose every class count is at most ``m`` (counted class
-    by class), ``E[max] = sum over m of (1 - N(m) / K**B)``. 64 labels over 10
-    classes: 0.165.
+    ``E[max count] / batch`` of a uniform multinomial, ``E[max] = sum over m of
+    P(max > m)``. By Poissonisation, ``P(max <= m)`` is the chance that
+    ``num_classes`` independent Poisson(``batch / num_classes``) counts are all
+    at most ``m`` given that they sum to ``batch``: the ``x**batch``
+    coefficient of ``(sum over j <= m of pmf(j) x**j) ** num_classes`` over
+    that of the untruncated sum, in float64. The sum stops where
+    ``P(max > m)`` falls below 1e-15. 64 labels over 10 classes: 0.165;
+    1024: 0.115 (well under a second).
     """
     if batch < 1 or num_classes < 1:
         raise ValueError(f"need batch >= 1 and num_classes >= 1, got {batch} and {num_classes}")
-    total = num_classes**batch
-    expected_max = 0
-    for m in range(batch):
-        ways = [1] + [0] * batch  # ways[r]: sequences of r labels over the classes so far, each count <= m
+    rate = batch / num_classes
+    counts = np.arange(batch + 1)
+    log_pmf = counts * math.log(rate) - rate - np.array([math.lgamma(j + 1) for j in counts])
+    pmf = np.exp(log_pmf)
+
+    def sum_is_batch(largest: int) -> float:
+        """The ``x**batch`` coefficient of (Poisson generating function cut at ``largest``) ** K."""
+        product = np.ones(1)
         for _ in range(num_classes):
-            ways = [
-                sum(math.comb(r, j) * ways[r - j] for j in range(min(m, r) + 1)) for r in range(batch + 1)
-            ]
-        expected_max += total - ways[batch]
-    return expected_max / total / batch
+            product = np.convolve(product, pmf[: largest + 1])[: batch + 1]
+        return float(product[batch]) if len(product) > batch else 0.0
+
+    total = sum_is_batch(batch)
+    expected_max = 0.0
+    for m in range(batch):
+        exceeded = 1.0 if m * num_classes < batch else 1.0 - sum_is_batch(m) / total  # P(max > m)
+        if exceeded < 1e-15:
+            break
+        expected_max += exceeded
+    return expected_max / batch
+
+
+def evenly_spaced(images: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` of ``images`` (N, ...) at evenly spaced positions, first and last included; all of them when
+    N <= count. Deterministic, no random numbers: a pool sampled this way covers its whole history."""
+    if len(images) <= count:
+        return images
+    return images[torch.linspace(0, len(images) - 1, count).round().long()]
 
 
 class OodProbe:

@@ -1,10 +1,12 @@
 """The files a bench report is built from: the invocation record and compact copies for committing.
 
 A training ``dfkd-guard bench`` writes ``<out>/invocations/<report name>.json``:
-the command and the config (:func:`config_record`) of that report. With the
-run and teacher records under ``runs/`` and ``teacher_metrics/`` it is all a
-report needs, so a folder holding them (:func:`export_records`) rewrites the
-report byte for byte (``dfkd-guard bench --out FOLDER --rederive NAME``).
+the command and the config (:func:`config_record`) of that report, and the
+names of the run and teacher records it reads (:func:`record_names`). With
+those records under ``runs/`` and ``teacher_metrics/`` it is all a report
+needs, so a folder holding them (:func:`export_records`) rewrites the report
+byte for byte (``dfkd-guard bench --out FOLDER --rederive NAME``), also after
+a later version has changed the defaults that a run's id is hashed from.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ __all__ = [
     "export_records",
     "invocation_path",
     "read_invocation",
+    "record_names",
     "report_command",
+    "run_key",
     "stored_config",
     "stored_report_names",
     "teacher_record_paths",
@@ -47,6 +51,20 @@ def config_record(config: BenchConfig) -> dict[str, Any]:
     return data
 
 
+def run_key(setting: str, adapter: str, row: str, seed: int) -> str:
+    """The key of a run in an invocation record: ``"<setting>/<adapter>/<row>/<seed>"``."""
+    return f"{setting}/{adapter}/{row}/{seed}"
+
+
+def record_names(config: BenchConfig) -> dict[str, Any]:
+    """The files ``config``'s report reads: ``runs`` (run key -> run id) and ``teachers`` (teacher record names)."""
+    runs = {
+        run_key(spec.setting, spec.adapter, spec.row, spec.seed): run_path(config, spec, Path()).stem
+        for spec in enumerate_runs(config)
+    }
+    return {"runs": runs, "teachers": [path.stem for path in teacher_record_paths(config, Path())]}
+
+
 def invocation_path(out: Path, report_name: str) -> Path:
     return Path(out) / INVOCATIONS / f"{report_name}.json"
 
@@ -55,7 +73,7 @@ def write_invocation(config: BenchConfig, out: Path, command: str) -> Path:
     """Store the command and config of ``config``'s report in ``out``; returns the file."""
     path = invocation_path(out, config.report_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic({"command": command, "config": config_record(config)}, path)
+    write_json_atomic({"command": command, "config": config_record(config), **record_names(config)}, path)
     return path
 
 

@@ -12,12 +12,16 @@ from ``<out>/runs/`` and the teacher records from ``<out>/teacher_metrics/``
   mean (:mod:`dfkd_guard.bench.seed_statistics`);
 * the guard's effect: each guarded row minus its unguarded row, paired by
   seed, with the interval of the mean difference;
+* the guard's overhead per phase (runs that store their phase timings): per
+  guarded row, its median seconds per iteration before and after the BN-prior
+  verdict over the unguarded row's median, paired by seed;
 * the teachers' own accuracy and each scorer's AUROC on real ID vs real OOD
   test images;
 * the plots in ``<out>/plots/``, per setting: ``iacc-<setting>.png`` (IAcc
   over iterations), ``trap-<setting>.png`` (synthetic OOD share and class
-  collapse over iterations), ``scores-<setting>.png`` (histograms of the
-  guard scorer's scores on real ID, real OOD and the final synthetic batches);
+  collapse over iterations: of the pool where the runs measured it, else of
+  the latest batch), ``scores-<setting>.png`` (histograms of the guard
+  scorer's scores on real ID, real OOD and the final synthetic batches);
 * the exact configuration (JSON, without where files go), the command, when
   the runs finished and the machines they ran on (rows whose seeds ran on
   different CPU models are marked).
@@ -37,7 +41,7 @@ import json
 import math
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,8 +51,23 @@ from dfkd_guard.errors import DfkdGuardError
 from . import reporting
 from .config import BenchConfig, row_label
 from .metrics import balanced_collapse_floor
-from .records import config_record, report_command, stored_config, teacher_record_paths
-from .runner import enumerate_runs, ntl_kind, run_path, teacher_components, teacher_kind
+from .records import (
+    config_record,
+    read_invocation,
+    report_command,
+    run_key,
+    stored_config,
+    teacher_record_paths,
+)
+from .runner import (
+    FINAL_WINDOW,
+    POOL_SAMPLE,
+    enumerate_runs,
+    ntl_kind,
+    run_path,
+    teacher_components,
+    teacher_kind,
+)
 from .seed_statistics import CONFIDENCE, paired_differences, summarize
 
 if TYPE_CHECKING:
@@ -58,7 +77,10 @@ __all__ = [
     "COLUMNS",
     "EFFECT_COLUMNS",
     "MIXED_CPUS",
+    "NEWER_COLUMNS",
+    "PHASES",
     "PLOT_KINDS",
+    "POOL_REPLACES",
     "RowSummary",
     "format_interval",
     "format_stat",
@@ -67,28 +89,37 @@ __all__ = [
     "interval_table",
     "load_rows",
     "main_table",
+    "overhead_table",
     "plot_folder",
     "plot_paths",
     "rederive_report",
     "render_report",
     "require_matplotlib",
     "settings_table",
+    "shown_columns",
     "targets_table",
     "write_plots",
     "write_report",
 ]
 
-#: Main-table columns: (metric key in a run's ``final``, header).
+#: Main-table columns: (metric key in a run's ``final``, header); :func:`shown_columns` picks a report's.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("iacc", "IAcc"),
     ("oacc", "OAcc"),
     ("oagr", "OAgr"),
     ("oagr_excess", "OAgr − SL"),
+    ("dagr", "DAgr"),
     ("asr_minus_clean", "ASR − clean"),
     ("ood_share", "synthetic OOD share"),
     ("collapse", "collapse"),
+    ("pool_ood_share", "pool OOD share (SL probe)"),
+    ("pool_collapse", "pool collapse"),
     ("flagged", "flagged by guard"),
 )
+#: Columns of metrics that runs stored before them lack: shown only where a run measured them.
+NEWER_COLUMNS = frozenset({"dagr", "pool_ood_share", "pool_collapse"})
+#: Latest-batch trap diagnostics and the pool ones that replace them in a report with the latter.
+POOL_REPLACES = {"ood_share": "pool_ood_share", "collapse": "pool_collapse"}
 #: Columns of the guard-effect table (the headline metrics), as in :data:`COLUMNS`.
 EFFECT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("iacc", "IAcc"),
@@ -145,6 +176,15 @@ class RowSummary:
     def seconds_per_iteration(self) -> list[float]:
         return [v for r in self.records if (v := r.get("seconds_per_iteration")) is not None]
 
+    def phase_seconds(self, phase: str) -> dict[int, float]:
+        """Per seed, the median seconds per iteration of ``phase`` (``warmup``, ``after_verdict``, ``all``;
+        ``seconds_per_iteration_phases`` of :mod:`~dfkd_guard.bench.runner`), in the runs that have it."""
+        return {
+            r["spec"]["seed"]: v
+            for r in self.records
+            if (v := (r.get("seconds_per_iteration_phases") or {}).get(phase)) is not None
+        }
+
     def verdicts(self) -> str:
         """The guard's BN-prior verdicts over the seeds, e.g. ``ntl-like 2, ordinary 1``; ``–`` without a guard."""
         counts = Counter(prior["verdict"] for r in self.records if (prior := r.get("bn_prior")) is not None)
@@ -162,15 +202,24 @@ class RowSummary:
         return xs, [statistics.fmean(by_iteration[x]) for x in xs]
 
 
-def load_rows(config: BenchConfig, out: Path | None = None) -> list[RowSummary]:
-    """The table rows of ``config`` in order, each with the run records found on disk."""
+def load_rows(
+    config: BenchConfig, out: Path | None = None, run_ids: Mapping[str, str] | None = None
+) -> list[RowSummary]:
+    """The table rows of ``config`` in order, each with the run records found on disk.
+
+    :param run_ids: the id of each run by :func:`~dfkd_guard.bench.records.run_key` (an
+        invocation record's ``runs``); None: the ids this version gives ``config``'s runs.
+    """
     out = Path(out or config.output_dir)
     rows: dict[tuple[str, str, str], RowSummary] = {}
     for spec in enumerate_runs(config):
         key = (spec.setting, spec.adapter, spec.row)
         summary = rows.setdefault(key, RowSummary(spec.setting, spec.adapter, spec.row, 0))
         summary.expected += 1
-        path = run_path(config, spec, out)
+        if run_ids is None:
+            path = run_path(config, spec, out)
+        else:
+            path = out / "runs" / f"{run_ids[run_key(spec.setting, spec.adapter, spec.row, spec.seed)]}.json"
         if path.is_file():
             summary.records.append(json.loads(path.read_text(encoding="utf-8")))
     _add_oagr_excess(list(rows.values()))
@@ -231,34 +280,53 @@ def _table(header: Sequence[str], align: str, lines: list[list[str]]) -> str:
     )
 
 
+def _measured(rows: list[RowSummary], metric: str) -> bool:
+    """Whether some run measured ``metric``: it is in the run's ``final``, with a value or None."""
+    return any(metric in record["final"] for r in rows for record in r.records)
+
+
+def shown_columns(rows: list[RowSummary]) -> list[tuple[str, str]]:
+    """The :data:`COLUMNS` of a report: a :data:`NEWER_COLUMNS` one only where some run measured it,
+    and the pool trap diagnostics in place of the latest batch's where some run measured them
+    (:data:`POOL_REPLACES`)."""
+    return [
+        (metric, title)
+        for metric, title in COLUMNS
+        if (metric not in NEWER_COLUMNS or _measured(rows, metric))
+        and (metric not in POOL_REPLACES or not _measured(rows, POOL_REPLACES[metric]))
+    ]
+
+
 def main_table(rows: list[RowSummary]) -> str:
     """The students table in Markdown: one line per row summary, metrics as mean ± std over seeds.
 
     The seeds cell of a row whose runs ran on different CPU models is marked :data:`MIXED_CPUS`.
     """
+    columns = shown_columns(rows)
     header = (
-        ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["BN prior", "s/it", "seeds"]
+        ["setting", "adapter", "teacher"] + [title for _, title in columns] + ["BN prior", "s/it", "seeds"]
     )
     lines = []
     for r in rows:
         cells = [r.setting, r.adapter, row_label(r.row)]
-        cells += [format_stat(r.values(metric)) + _below_floor(r, metric) for metric, _ in COLUMNS]
+        cells += [format_stat(r.values(metric)) + _below_floor(r, metric) for metric, _ in columns]
         cells += [r.verdicts(), format_stat(r.seconds_per_iteration())]
         cells.append(f"{len(r.records)}/{r.expected}{_mixed(r.cpu_models())}")
         lines.append(cells)
-    return _table(header, "|---|---|---|" + "---:|" * len(COLUMNS) + "---|---:|---:|", lines)
+    return _table(header, "|---|---|---|" + "---:|" * len(columns) + "---|---:|---:|", lines)
 
 
 def interval_table(rows: list[RowSummary]) -> str:
     """The 95% confidence interval of every mean of :func:`main_table`, in Markdown."""
-    header = ["setting", "adapter", "teacher"] + [title for _, title in COLUMNS] + ["seeds"]
+    columns = shown_columns(rows)
+    header = ["setting", "adapter", "teacher"] + [title for _, title in columns] + ["seeds"]
     lines = [
         [r.setting, r.adapter, row_label(r.row)]
-        + [format_interval(r.values(metric)) + _below_floor(r, metric) for metric, _ in COLUMNS]
+        + [format_interval(r.values(metric)) + _below_floor(r, metric) for metric, _ in columns]
         + [f"{len(r.records)}{_mixed(r.cpu_models())}"]
         for r in rows
     ]
-    return _table(header, "|---|---|---|" + "---:|" * (len(COLUMNS) + 1), lines)
+    return _table(header, "|---|---|---|" + "---:|" * (len(columns) + 1), lines)
 
 
 def _signed(value: float) -> str:
@@ -286,12 +354,8 @@ def guard_effect_table(rows: list[RowSummary]) -> str:
     and its 95% interval. The pairs cell is marked :data:`MIXED_CPUS` when the
     paired runs ran on different CPU models.
     """
-    by_key = {(r.setting, r.adapter, r.row): r for r in rows}
     lines = []
-    for r in rows:
-        baseline = by_key.get((r.setting, r.adapter, r.row.split("_guard")[0])) if "_guard" in r.row else None
-        if baseline is None:
-            continue
+    for r, baseline in _guarded_pairs(rows):
         seeds = {x["spec"]["seed"] for x in r.records} & {x["spec"]["seed"] for x in baseline.records}
         cells = [r.setting, r.adapter, f"{row_label(r.row)} − {row_label(baseline.row)}"]
         cells.append(f"{len(seeds)}{_mixed(r.cpu_models(seeds) | baseline.cpu_models(seeds))}")
@@ -302,6 +366,47 @@ def guard_effect_table(rows: list[RowSummary]) -> str:
         lines.append(cells)
     header = ["setting", "adapter", "guarded − unguarded", "pairs"] + [title for _, title in EFFECT_COLUMNS]
     return _table(header, "|---|---|---|---:|" + "---:|" * len(EFFECT_COLUMNS), lines)
+
+
+#: Phases of :func:`overhead_table`: (key in a run's ``seconds_per_iteration_phases``, header).
+PHASES: tuple[tuple[str, str], ...] = (("warmup", "warm-up"), ("after_verdict", "after verdict"))
+
+
+def _guarded_pairs(rows: list[RowSummary]) -> list[tuple[RowSummary, RowSummary]]:
+    """Every guarded row with its unguarded row of the same setting and adapter (``ntl_guard@v``: ``ntl``)."""
+    by_key = {(r.setting, r.adapter, r.row): r for r in rows}
+    pairs = []
+    for r in rows:
+        baseline = by_key.get((r.setting, r.adapter, r.row.split("_guard")[0])) if "_guard" in r.row else None
+        if baseline is not None:
+            pairs.append((r, baseline))
+    return pairs
+
+
+def overhead_table(rows: list[RowSummary]) -> str:
+    """The guard's overhead per BN-prior phase, in Markdown.
+
+    Per guarded row and seed: its median seconds per iteration in each of
+    :data:`PHASES` over the median of its unguarded row's run of the same seed
+    over the whole run (an unguarded run has no phases); the cells are mean ±
+    std of these ratios over the seeds. Rows whose runs stored no phase timings
+    are left out; the pairs cell is marked :data:`MIXED_CPUS` as in
+    :func:`guard_effect_table`.
+    """
+    lines = []
+    for guarded, baseline in _guarded_pairs(rows):
+        unguarded = baseline.phase_seconds("all")
+        seeds = set(guarded.phase_seconds("all")) & set(unguarded)
+        if not seeds:
+            continue
+        cells = [guarded.setting, guarded.adapter, f"{row_label(guarded.row)} / {row_label(baseline.row)}"]
+        cells.append(f"{len(seeds)}{_mixed(guarded.cpu_models(seeds) | baseline.cpu_models(seeds))}")
+        for phase, _ in PHASES:
+            seconds = guarded.phase_seconds(phase)
+            cells.append(format_stat([seconds[s] / unguarded[s] for s in sorted(seeds) if s in seconds]))
+        lines.append(cells)
+    header = ["setting", "adapter", "guarded / unguarded", "pairs"] + [title for _, title in PHASES]
+    return _table(header, "|---|---|---|---:|" + "---:|" * len(PHASES), lines)
 
 
 #: The guard's targets (docs/bn_prior.md), checked on every setting x adapter of a report.
@@ -429,12 +534,13 @@ def settings_table(config: BenchConfig) -> str:
     return "\n".join(lines)
 
 
-def _teacher_records(config: BenchConfig, out: Path) -> list[dict[str, Any]]:
-    return [
-        json.loads(path.read_text(encoding="utf-8"))
-        for path in teacher_record_paths(config, out)
-        if path.is_file()
-    ]
+def _teacher_records(config: BenchConfig, out: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+    paths = (
+        teacher_record_paths(config, out)
+        if names is None
+        else [out / "teacher_metrics" / f"{name}.json" for name in names]
+    )
+    return [json.loads(path.read_text(encoding="utf-8")) for path in paths if path.is_file()]
 
 
 def _teacher_tables(config: BenchConfig, records: list[dict[str, Any]]) -> str:
@@ -579,13 +685,14 @@ def write_plots(
     figures = []
     for setting in config.settings:
         in_setting = [r for r in rows if r.setting == setting]
+        trap = (
+            [("pool_ood_share", "pool OOD share (SL probe)"), ("pool_collapse", "pool class collapse")]
+            if _measured(in_setting, "pool_ood_share")
+            else [("ood_share", "synthetic OOD share (probe)"), ("collapse", "class collapse")]
+        )
         drawn = {
             "iacc": _curves_figure(in_setting, setting, [("iacc", "IAcc (real MNIST test)")]),
-            "trap": _curves_figure(
-                in_setting,
-                setting,
-                [("ood_share", "synthetic OOD share (probe)"), ("collapse", "class collapse")],
-            ),
+            "trap": _curves_figure(in_setting, setting, trap),
             "scores": _scores_figure(
                 config, setting, in_setting, [t for t in teachers if t["setting"] == setting]
             ),
@@ -613,31 +720,83 @@ each cell the mean ± sample standard deviation over seeds (the mean alone for o
   student of the same adapter and seed, the agreement an ordinary student does not have (an
   ordinary student may map a whole domain to the NTL teacher's class too, so OAgr alone cannot
   show inherited behaviour).
-- ASR − clean: share of triggered non-target images the student sends to the target class, minus
+{dagr}- ASR − clean: share of triggered non-target images the student sends to the target class, minus
   the share of the same images without trigger it sends there (backdoor settings only), over the
   runs whose student has IAcc >= {floor}: ‡n marks a cell with n runs left out below it.
+{trap}- BN prior: the guard's verdict on the teacher, per seed (ntl-like: BN targets corrected;
+  ordinary: left alone; warming up: the run ended before the warm-up did).
+- s/it: wall time per DFKD iteration, without evaluations. seeds: runs stored / expected;
+  † where they ran on different CPU models (see the machines above).
+"""
+
+_DAGR_TEXT = """\
+- DAgr: OAgr on the disagreement subset alone, the OOD test images on which the SL teacher predicts
+  another class than the setting's NTL teacher: near 0 for a student that behaves like the SL
+  teacher, near 1 for one that inherited the NTL teacher's behaviour (– where the teachers never
+  disagree). Images in the subset: {subsets}.
+"""
+
+_BATCH_TEXT = """\
 - On the adapter's latest synthetic batch: synthetic OOD share (OOD side of a linear probe on the
   run's teacher features, fitted on real ID vs OOD train images), collapse (share of the teacher's
   predictions in the most frequent class; a batch drawn uniformly over MNIST's 10 classes scores
   {floors}, not 0.1); flagged by guard: share of student samples forgotten.
-- BN prior: the guard's verdict on the teacher, per seed (ntl-like: BN targets corrected;
-  ordinary: left alone; warming up: the run ended before the warm-up did).
-- s/it: wall time per DFKD iteration, without evaluations. seeds: runs stored / expected;
-  † where they ran on different CPU models (see the machines above).
+"""
+
+_POOL_TEXT = """\
+- On what the student distilled, up to {sample} images evenly spaced over the adapter's pool
+  (DeepInversion, CMI: every pooled image; vanilla: its replay pool of the latest student images, or
+  without replay its latest synthetic batches): pool OOD share (OOD side of a linear probe on the SL
+  teacher's features, fitted on real ID vs OOD train images: the same probe for every row of a
+  setting), pool collapse (share of the run's teacher's predictions in the most frequent class);
+  flagged by guard: share of student samples forgotten. The runs also store both diagnostics on the
+  latest synthetic batch alone. Images drawn uniformly over MNIST's 10 classes score a pool
+  collapse of {floors}, not 0.1.
 """
 
 #: The ID domain of every setting is MNIST.
 _ID_CLASSES = 10
 
 
-def _metrics_text(rows: list[RowSummary]) -> str:
-    """The legend of the main table, with the balanced collapse floor of each batch size in the runs."""
-    sizes = sorted({record["config"]["adapter_config"]["batch_size"] for r in rows for record in r.records})
-    floors = ", ".join(
+def _floors(sizes: set[int]) -> str:
+    """The balanced collapse floor of each sample size, e.g. ``0.165 on average for 64 images``."""
+    return ", ".join(
         f"{reporting.format_number(balanced_collapse_floor(n, _ID_CLASSES))} on average for {n} images"
-        for n in sizes
+        for n in sorted(sizes)
     )
-    return _METRICS_TEXT.format(floor=ASR_IACC_FLOOR, floors=floors or "more than 0.1")
+
+
+def _disagreement_subsets(rows: list[RowSummary]) -> str:
+    """Per setting, the size of DAgr's subset out of the OOD test images, e.g. ``mnist_m 812 of 1000``."""
+    subsets: dict[str, set[tuple[int, int]]] = {}
+    for r in rows:
+        for record in r.records:
+            if (subset := record.get("disagreement_subset")) is not None:
+                subsets.setdefault(r.setting, set()).add((subset["images"], subset["of"]))
+    return ", ".join(
+        f"{setting} " + " / ".join(f"{n} of {total}" for n, total in sorted(sizes))
+        for setting, sizes in subsets.items()
+    )
+
+
+def _metrics_text(rows: list[RowSummary]) -> str:
+    """The legend of the main table: the DAgr subsets' sizes, and the balanced collapse floor of each
+    sample size the shown collapse column measured (batch sizes, or the final evaluations' pool samples)."""
+    metrics = {metric for metric, _ in shown_columns(rows)}
+    records = [record for r in rows for record in r.records]
+    if "pool_collapse" in metrics:
+        sizes = {
+            int(n)
+            for record in records
+            for n in record["curves"].get("pool_images", [])[-FINAL_WINDOW:]
+            if n  # None (no value) and 0 (an empty pool) have no floor
+        }
+        trap = _POOL_TEXT.format(sample=POOL_SAMPLE, floors=_floors(sizes) or "more than 0.1")
+    else:
+        sizes = {record["config"]["adapter_config"]["batch_size"] for record in records}
+        trap = _BATCH_TEXT.format(floors=_floors(sizes) or "more than 0.1")
+    dagr = _DAGR_TEXT.format(subsets=_disagreement_subsets(rows)) if "dagr" in metrics else ""
+    return _METRICS_TEXT.format(floor=ASR_IACC_FLOOR, dagr=dagr, trap=trap)
 
 
 _INTERVALS_TEXT = f"""\
@@ -651,6 +810,31 @@ SL + guard − SL, a variant − the unguarded row of its teacher), seed by seed
 differences and its {CONFIDENCE:.0%} confidence interval (Student t over the pairs); "not significant"
 where the interval covers 0.
 """
+
+
+_OVERHEAD_TEXT = """\
+Per guarded row, seed by seed: the guarded run's median seconds per iteration during the guard's
+BN-prior warm-up (the iterations that began before the verdict) and after the verdict, each over
+the median seconds per iteration of the unguarded run of the same seed over all its iterations (an
+unguarded run has no phases); the mean ± sample standard deviation of these ratios over the pairs
+(– where a phase has no iteration, e.g. after the verdict of a run that ended warming up).
+"""
+
+_PARALLEL_TEXT = """\
+The runs trained up to {workers} at a time, in parallel worker processes on one shared machine: an
+iteration's time includes what the runs beside it did, which differs between a guarded run and
+its unguarded pair.
+"""
+
+
+def _overhead_section(rows: list[RowSummary]) -> str:
+    """The "Overhead per phase" section; empty when no run stored its phase timings."""
+    records = [record for r in rows for record in r.records if record.get("seconds_per_iteration_phases")]
+    if not records:
+        return ""
+    workers = max(record.get("workers", 1) for record in records)
+    parallel = f"\n{_PARALLEL_TEXT.format(workers=workers)}" if workers > 1 else ""
+    return f"## Overhead per phase\n\n{_OVERHEAD_TEXT}{parallel}\n{overhead_table(rows)}\n\n"
 
 
 _TARGETS_TEXT = f"""\
@@ -673,21 +857,30 @@ def _runs(count: int) -> str:
     return f"{count} run{'' if count == 1 else 's'}"
 
 
-def _criterion(config: BenchConfig) -> str:
-    """The KD criterion of the guarded and the unguarded rows (an unguarded run distils at temperature 1)."""
-    guards = [config.guard, *config.guard_variants.values()]
-    temperatures = sorted({g.kd_temperature for g in guards} | {1.0})
-    if temperatures == [1.0]:
-        return "KL(teacher ‖ student) at temperature 1 in every row"
-    listed = ", ".join(f"{t:g}" for t in temperatures if t != 1.0)
-    return (
-        "KL(teacher ‖ student) at temperature 1 in unguarded rows and the guard's kd_temperature "
-        f"({listed}) in guarded rows: their difference is not the guard's alone"
-    )
+def _criterion(records: list[dict[str, Any]]) -> str:
+    """The KD criterion of the runs, per adapter, from their records (a stored unguarded run without
+    ``kd_temperature`` distilled at temperature 1)."""
+    temperatures: dict[str, set[float]] = {}
+    for record in records:
+        guard = record["config"]["guard"]
+        temperatures.setdefault(record["spec"]["adapter"], set()).add(float(guard.get("kd_temperature", 1.0)))
+    if not temperatures:
+        return "no run stored"
+    mixed = sorted(adapter for adapter, values in temperatures.items() if len(values) > 1)
+    if mixed:
+        return f"KL(teacher ‖ student) · T²; the rows of {', '.join(mixed)} differ in T: their differences are not the guard's alone"
+    adapters: dict[float, list[str]] = {}
+    for adapter, (value,) in temperatures.items():
+        adapters.setdefault(value, []).append(adapter)
+    listed = "; ".join(f"T = {t:g} ({', '.join(names)})" for t, names in sorted(adapters.items()))
+    return f"KL(teacher ‖ student) · T², guarded and unguarded rows alike: {listed}"
 
 
-def _header(config: BenchConfig, out: Path, rows: list[RowSummary], command: str | None) -> str:
-    """Command, dates, machines and run count: from the invocation and run records alone."""
+def _header(
+    config: BenchConfig, out: Path, rows: list[RowSummary], command: str | None, stored: bool = False
+) -> str:
+    """Command, dates, machines and run count: from the invocation and run records alone
+    (``stored``: ``command`` is the invocation record's)."""
     records = [record for r in rows for record in r.records]
     finished = sorted(_utc_minute(record["finished"]) for record in records)
     if not finished:
@@ -707,16 +900,23 @@ def _header(config: BenchConfig, out: Path, rows: list[RowSummary], command: str
         machine = ""
     done, expected = len(records), sum(r.expected for r in rows)
     return (
-        f"- Command: `{report_command(config, out, command)}`\n"
+        f"- Command: `{command if stored else report_command(config, out, command)}`\n"
         f"- Date: {date}\n"
         f"{machine}"
-        f"- Distillation: {_criterion(config)}\n"
+        f"- Distillation: {_criterion(records)}\n"
         f"- Runs: {done} of {expected} stored in `runs/`"
         f"{'' if done == expected else ' (the table is incomplete: rerun the command to finish)'}\n"
     )
 
 
-def render_report(config: BenchConfig, out: Path, command: str | None = None, *, plots: bool = True) -> str:
+def render_report(
+    config: BenchConfig,
+    out: Path,
+    command: str | None = None,
+    *,
+    plots: bool = True,
+    invocation: dict[str, Any] | None = None,
+) -> str:
     """The text of ``config``'s report from the records stored under ``out`` (draws nothing).
 
     A function of the stored records and ``config`` alone: the command is the
@@ -724,22 +924,26 @@ def render_report(config: BenchConfig, out: Path, command: str | None = None, *,
     else ``command``; dates and machines come from the run records.
 
     :param plots: list the plots (:func:`plot_paths`); False leaves a note that they are not drawn.
+    :param invocation: an invocation record (:func:`records.read_invocation`) whose config is
+        ``config``: its command, config text and record names are used as stored.
     """
-    rows = load_rows(config, out)
-    teachers = _teacher_records(config, out)
+    rows, teachers = _stored_rows(config, out, invocation)
+    if invocation is not None:
+        command = invocation["command"]
     if plots:
         plot_lines = "\n".join(f"![{Path(p).stem}]({p})" for p in plot_paths(config))
     else:
         plot_lines = "Not drawn: matplotlib is not installed (`pip install 'dfkd-guard[bench]'`)."
     return (
         "# dfkd-guard benchmark\n\n"
-        f"{_header(config, out, rows, command)}\n"
+        f"{_header(config, out, rows, command, invocation is not None)}\n"
         "## Settings\n\n"
         f"{settings_table(config)}\n\n"
         "## Students\n\n"
         f"{_metrics_text(rows)}\n{main_table(rows)}\n\n"
         "## Guard effect (paired over seeds)\n\n"
         f"{_EFFECT_TEXT}\n{guard_effect_table(rows)}\n\n"
+        f"{_overhead_section(rows)}"
         "## Targets\n\n"
         f"{_TARGETS_TEXT}\n{targets_table(rows)}\n\n"
         "## Confidence intervals\n\n"
@@ -750,12 +954,27 @@ def render_report(config: BenchConfig, out: Path, command: str | None = None, *,
         f"{plot_lines}\n\n"
         "## Configuration\n\n"
         "Without `output_dir` and `teacher_cache_dir`, which say where files go, not what ran.\n\n"
-        f"```json\n{json.dumps(config_record(config), indent=2)}\n```\n"
+        f"```json\n{json.dumps(invocation['config'] if invocation else config_record(config), indent=2)}\n```\n"
     )
 
 
+def _stored_rows(
+    config: BenchConfig, out: Path, invocation: dict[str, Any] | None
+) -> tuple[list[RowSummary], list[dict[str, Any]]]:
+    """The rows and teacher records of a report: those its invocation record names (records of 0.4 and
+    older name none: the ids this version gives the config), else those of ``config``."""
+    if invocation is None or "runs" not in invocation:
+        return load_rows(config, out), _teacher_records(config, out)
+    return load_rows(config, out, invocation["runs"]), _teacher_records(config, out, invocation["teachers"])
+
+
 def write_report(
-    config: BenchConfig, out: Path | None = None, *, command: str | None = None, plots: bool = True
+    config: BenchConfig,
+    out: Path | None = None,
+    *,
+    command: str | None = None,
+    plots: bool = True,
+    invocation: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``<out>/<report_name>.md`` (:func:`render_report`) and its plots from the runs stored under ``out``.
 
@@ -765,12 +984,12 @@ def write_report(
     """
     out = Path(out or config.output_dir)
     if plots:
-        write_plots(config, load_rows(config, out), _teacher_records(config, out), out)
+        write_plots(config, *_stored_rows(config, out, invocation), out)
     path = out / f"{config.report_name}.md"
-    path.write_text(render_report(config, out, command, plots=plots), encoding="utf-8")
+    path.write_text(render_report(config, out, command, plots=plots, invocation=invocation), encoding="utf-8")
     return path
 
 
 def rederive_report(out: Path, report_name: str) -> str:
     """The text of report ``report_name`` from ``out`` alone: its stored config and records (:func:`render_report`)."""
-    return render_report(stored_config(out, report_name), out)
+    return render_report(stored_config(out, report_name), out, invocation=read_invocation(out, report_name))

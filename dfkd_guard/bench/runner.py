@@ -24,6 +24,13 @@ Metrics (all on held-out real test images, rates in [0, 1]):
   (for a backdoor setting: triggered images against their true labels);
 * ``oagr``: share of OOD test images where the student predicts what the
   NTL teacher of the setting predicts;
+* ``dagr``: the same share over the disagreement subset alone, the OOD test
+  images on which the SL teacher and the setting's NTL teacher predict
+  different classes: near 0 for a student that behaves like the SL teacher,
+  near 1 for one that inherited the NTL teacher's behaviour (NaN where the
+  subset is empty; the run record's ``disagreement_subset`` gives its size).
+  The SL teacher is the one every setting shares; :func:`run_bench` trains
+  (or loads) it also for a config without an SL row;
 * ``asr``: share of triggered non-target test images the student sends to
   the target class; ``asr_minus_clean``: ``asr`` minus the share of the clean
   versions of the same images it sends there (backdoor settings only);
@@ -31,9 +38,27 @@ Metrics (all on held-out real test images, rates in [0, 1]):
   side of a linear probe on the teacher's features fitted on real ID vs OOD
   train images), ``collapse`` (share of the teacher's predictions in the most
   frequent class) and ``flagged`` (share of student samples the guard forgot
-  since the previous evaluation, from the guard's step reports).
+  since the previous evaluation, from the guard's step reports);
+* the same trap diagnostics on what the student distilled, :data:`POOL_SAMPLE`
+  images evenly spaced over the adapter's pool (DeepInversion and CMI: every
+  pooled round; vanilla with replay: the replay pool of the latest student
+  images; vanilla without replay: the latest ``ceil(POOL_SAMPLE / batch_size)``
+  synthetic batches), all of them where there are fewer:
+  ``pool_ood_share`` on the OOD side of the probe fitted on the *SL* teacher's
+  features (one probe for every row of a setting, so rows compare),
+  ``pool_collapse`` (share of the run's teacher's predictions in the most
+  frequent class: the labels the student learnt) and ``pool_images`` (how
+  many images they measured).
 
 A run's final value of each metric is the mean of its last 3 evaluations.
+
+Each run record also has ``seconds_per_iteration_phases``: the median wall
+time of an iteration (as ``seconds_per_iteration``, without evaluations)
+during the guard's BN-prior warm-up (``warmup``: the iterations that began
+before the verdict, the one that reached it included), after the verdict
+(``after_verdict``) and over the whole run (``all``); ``warmup`` and
+``after_verdict`` are None for a run without a BN prior (unguarded rows) and
+where a phase has no iteration. ``workers`` is how many runs trained at once.
 """
 
 from __future__ import annotations
@@ -43,9 +68,11 @@ import hashlib
 import json
 import math
 import multiprocessing
+import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +90,7 @@ from dfkd_guard.serialization import write_json_atomic
 from . import reporting
 from .config import BenchConfig, row_label
 from .data import Setting
-from .metrics import OodProbe, auroc, collapse_rate, predict
+from .metrics import OodProbe, auroc, collapse_rate, evenly_spaced, predict
 from .models import BenchNet, Generator, build_network
 from .oracle import OracleGuard, measure_bn_moments
 from .settings import SETTINGS
@@ -73,6 +100,7 @@ from .threads import one_thread
 __all__ = [
     "CODE_VERSION",
     "FINAL_WINDOW",
+    "POOL_SAMPLE",
     "BenchSummary",
     "EvalLabels",
     "RunSpec",
@@ -87,6 +115,7 @@ __all__ = [
     "run_config",
     "run_id",
     "run_path",
+    "seconds_per_iteration_phases",
     "teacher_components",
     "teacher_config",
     "teacher_kind",
@@ -95,7 +124,7 @@ __all__ = [
     "training_groups",
 ]
 
-CODE_VERSION = "dfkd_guard.bench.runner/4"
+CODE_VERSION = "dfkd_guard.bench.runner/5"  # 5: records hold DAgr, the pool metrics and per-phase timing
 """Part of every run id: bump it whenever the run code changes its results."""
 #: Evaluations averaged into a run's final metrics (IAcc is the mean of the last 3).
 FINAL_WINDOW = 3
@@ -105,6 +134,9 @@ FINAL_WINDOW = 3
 MEMORY_FORMAT = torch.channels_last
 #: Images per :meth:`Guard.score` call when scoring real test images (fixed, so scores never depend on it).
 _SCORE_CHUNK = 100
+#: Most images the pool metrics measure, evenly spaced over the pool: one size, so pool collapse has one floor
+#: (:func:`~dfkd_guard.bench.metrics.balanced_collapse_floor`: 0.115 for 1024 images over 10 classes).
+POOL_SAMPLE = 1024
 
 
 # -- what runs -------------------------------------------------------------------
@@ -211,10 +243,15 @@ def run_components(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
 
 
 def row_guard(config: BenchConfig, spec: RunSpec) -> GuardConfig:
-    """The guard of a run: disabled, the config's guard, or the named variant of an ``..._guard@<variant>`` row."""
+    """The guard of a run: disabled, the config's guard, or the named variant of an ``..._guard@<variant>`` row,
+    with the KD temperature of the run's adapter."""
+    temperature = config.kd_temperature[spec.adapter]
     if not spec.guarded:
-        return GuardConfig(enabled=False, normalization=config.guard.normalization)
-    return config.guard_variants[spec.row.split("@")[1]] if "@" in spec.row else config.guard
+        return GuardConfig(
+            enabled=False, normalization=config.guard.normalization, kd_temperature=temperature
+        )
+    guard = config.guard_variants[spec.row.split("@")[1]] if "@" in spec.row else config.guard
+    return guard.model_copy(update={"kd_temperature": temperature})
 
 
 def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
@@ -262,8 +299,9 @@ def run_config(config: BenchConfig, spec: RunSpec) -> dict[str, Any]:
 def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
     """The guard's part of a run config: the fields that can change the run's result.
 
-    A disabled guard acts only through its normalization, so the guard's
-    other fields (and their defaults) stay out of an unguarded run's id.
+    A disabled guard acts only through its normalization and its KD
+    temperature (there only when it is not 1, as before it could be set), so
+    the guard's other fields (and their defaults) stay out of an unguarded run's id.
     The trap memory's fields stay out while it is off (``forget.memory = 0``),
     so such a guard hashes as it did before the memory existed. Version 0.2.0
     removed ``bn_prior.estimate``, ``fixed_weight`` and ``drop_trapped`` from
@@ -271,7 +309,10 @@ def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
     ids and are trained again.
     """
     if not guarded:
-        return {"enabled": False, "normalization": guard.normalization.model_dump(mode="json")}
+        record = {"enabled": False, "normalization": guard.normalization.model_dump(mode="json")}
+        if guard.kd_temperature != 1.0:
+            record["kd_temperature"] = guard.kd_temperature
+        return record
     record = guard.model_dump(mode="json")
     if not guard.forget.memory:
         del record["forget"]["memory"], record["forget"]["recall"]
@@ -330,6 +371,7 @@ class EvalLabels:
     :param ntl_ood: (M,) the NTL teacher's predictions on the OOD test images.
     :param close_set: OOD labels share the ID label space (OAcc is defined).
     :param target_class: backdoor target class; None outside backdoor settings.
+    :param sl_ood: (M,) the SL teacher's predictions on the OOD test images; None: no DAgr.
     """
 
     id_labels: torch.Tensor
@@ -337,6 +379,12 @@ class EvalLabels:
     ntl_ood: torch.Tensor
     close_set: bool
     target_class: int | None = None
+    sl_ood: torch.Tensor | None = None
+
+    @property
+    def disagreement(self) -> torch.Tensor | None:
+        """bool (M,): the OOD test images on which the SL and the NTL teacher predict different classes."""
+        return None if self.sl_ood is None else self.sl_ood != self.ntl_ood
 
 
 def asr_minus_clean(triggered: torch.Tensor, clean: torch.Tensor, target_class: int) -> tuple[float, float]:
@@ -358,16 +406,22 @@ def asr_minus_clean(triggered: torch.Tensor, clean: torch.Tensor, target_class: 
 def prediction_metrics(
     pred_id: torch.Tensor, pred_ood: torch.Tensor, labels: EvalLabels, pred_clean: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """IAcc, OAcc (close-set), OAgr, and ASR / ASR minus clean rate (backdoor) from a student's predictions.
+    """IAcc, OAcc (close-set), OAgr, DAgr (with ``labels.sl_ood``), and ASR / ASR minus clean rate (backdoor)
+    from a student's predictions.
 
     :param pred_id: (N,) predictions on the ID test images.
     :param pred_ood: (M,) predictions on the OOD test images.
     :param pred_clean: (M,) predictions on the clean versions of the OOD images (backdoor settings only).
+    :returns: rates in [0, 1] by name; ``dagr`` is NaN when the teachers never disagree.
     """
     metrics = {
         "iacc": float((pred_id == labels.id_labels).float().mean()),
         "oagr": float((pred_ood == labels.ntl_ood).float().mean()),
     }
+    subset = labels.disagreement
+    if subset is not None:
+        agrees = pred_ood[subset] == labels.ntl_ood[subset]
+        metrics["dagr"] = float(agrees.float().mean()) if len(agrees) else math.nan
     if labels.close_set:
         metrics["oacc"] = float((pred_ood == labels.ood_labels).float().mean())
     if labels.target_class is not None:
@@ -393,6 +447,34 @@ def final_metrics(
     return final
 
 
+def seconds_per_iteration_phases(
+    iteration_seconds: Sequence[float], verdicts: Sequence[str | None]
+) -> dict[str, float | None]:
+    """Median seconds per iteration before the guard's BN-prior verdict, after it, and over the run.
+
+    :param iteration_seconds: wall time of each iteration, seconds, in order.
+    :param verdicts: the BN prior's verdict after each iteration (``"warming up"``,
+        ``"ordinary"``, ``"ntl-like"``), None for every iteration of a run without one.
+    :returns: ``warmup``: over the iterations that began while the prior was
+        warming up (so the one that reached the verdict counts); ``after_verdict``:
+        over the others; ``all``: over every iteration. None where there is no
+        iteration, and ``warmup`` and ``after_verdict`` None without a BN prior.
+    """
+    if len(iteration_seconds) != len(verdicts):
+        raise ValueError(f"{len(iteration_seconds)} iteration times for {len(verdicts)} verdicts")
+
+    def median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    phases: dict[str, float | None] = {"warmup": None, "after_verdict": None}
+    if verdicts and verdicts[0] is not None:
+        began_warming_up = [True, *(verdict == "warming up" for verdict in verdicts[:-1])]
+        phases["warmup"] = median([s for s, w in zip(iteration_seconds, began_warming_up) if w])
+        phases["after_verdict"] = median([s for s, w in zip(iteration_seconds, began_warming_up) if not w])
+    phases["all"] = median(list(iteration_seconds))
+    return phases
+
+
 # -- storage -----------------------------------------------------------------------
 
 
@@ -404,14 +486,32 @@ def _finite_or_none(value: float) -> float | None:
 
 
 class _StepRecorder:
-    """Observer plugin: keeps each iteration's metrics the adapter reports to the guard."""
+    """Observer plugin: keeps each iteration's metrics the adapter reports to the guard, the guard's
+    BN-prior verdict after it (once :meth:`watch` gave the guard) and, when given a window, the
+    synthesizer's latest batches."""
 
     def __init__(self) -> None:
         self.steps: list[dict[str, float]] = []
+        self.verdicts: list[str | None] = []
+        self.guard: Guard | None = None
+        self.synthesizer: Any = None
+        self.recent: deque[torch.Tensor] | None = None
+
+    def watch(self, guard: Guard, synthesizer: Any, recent_batches: int = 0) -> None:
+        """Record ``guard``'s verdict after every iteration and, if ``recent_batches``, keep that many of
+        ``synthesizer``'s latest synthetic batches in :attr:`recent`."""
+        self.guard, self.synthesizer = guard, synthesizer
+        self.recent = deque(maxlen=recent_batches) if recent_batches else None
 
     @hookimpl
     def dfkd_guard_step_finished(self, step: int, metrics: Mapping[str, float]) -> None:
         self.steps.append(dict(metrics))
+        prior = self.guard.bn_prior if self.guard is not None else None
+        self.verdicts.append(prior.verdict if prior is not None else None)
+        if self.recent is not None:
+            last = self.synthesizer.last_synthesis
+            if last is not None and len(last.images):
+                self.recent.append(last.images)
 
 
 @dataclass
@@ -478,12 +578,14 @@ def _check_batchnorm(config: BenchConfig) -> None:
 
 
 class _Context:
-    """Settings, teachers, probes and NTL predictions, built once per process when first needed."""
+    """Settings, teachers, probes and the teachers' test predictions, built once per process when first needed."""
 
-    def __init__(self, config: BenchConfig, out: Path, say: Callable[[str], None]) -> None:
+    def __init__(self, config: BenchConfig, out: Path, say: Callable[[str], None], workers: int = 1) -> None:
         self.config = config
         self.out = out
         self.say = say
+        #: Runs trained at once (worker processes), stored with each run.
+        self.workers = workers
         self._settings: dict[str, Setting] = {}
         self._teachers: dict[str, BenchNet] = {}
         self._probes: dict[tuple[str, str], OodProbe] = {}
@@ -533,7 +635,8 @@ class _Context:
             ood_images, ood_labels = data.ood_test.images[:n], data.ood_test.labels[:n]
             clean = data.clean_ood_test[:n] if data.clean_ood_test is not None else None
             ntl = predict(self.teacher(setting, ntl_kind(self.config, setting)), ood_images)
-            labels = EvalLabels(id_labels, ood_labels, ntl, data.close_set, data.target_class)
+            sl = predict(self.teacher(setting, "sl"), ood_images)
+            labels = EvalLabels(id_labels, ood_labels, ntl, data.close_set, data.target_class, sl)
             self._test[setting] = (id_images, ood_images, clean, labels)
         return self._test[setting]
 
@@ -633,6 +736,7 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
     kind = teacher_kind(config, first.row, first.setting)
     teacher = ctx.teacher(first.setting, kind)
     probes = {spec.setting: ctx.probe(spec.setting, kind) for spec in group}
+    sl_probes = {spec.setting: ctx.probe(spec.setting, "sl") for spec in group}  # one per setting, every row
     tests = {spec.setting: ctx.test_data(spec.setting) for spec in group}
     began = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -652,23 +756,37 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
         else:
             guard = Guard(row_guard(config, first), teacher, plugins=[recorder])
         synthesizer = _synthesizer(ctx, first, teacher, student, guard)
+        unpooled = first.adapter == "vanilla" and not config.vanilla.replay  # its pool stays empty
+        window = math.ceil(POOL_SAMPLE / config.vanilla.batch_size) if unpooled else 0
+        recorder.watch(guard, synthesizer, recent_batches=window)
         seen = {"steps": 0}
+        no_images = torch.empty(0, 3, config.image_size, config.image_size)
 
         def latest_images() -> torch.Tensor:
             last = synthesizer.last_synthesis
-            return (
-                last.images if last is not None else torch.empty(0, 3, config.image_size, config.image_size)
-            )
+            return last.images if last is not None else no_images
+
+        def distilled_images() -> torch.Tensor:
+            """Up to POOL_SAMPLE finite images, evenly spaced over the pool or the recent batches."""
+            if recorder.recent is not None:
+                pooled = torch.cat(list(recorder.recent)) if recorder.recent else no_images
+            else:
+                pooled = synthesizer.pool.images if synthesizer.pool.images is not None else no_images
+            return evenly_spaced(pooled[torch.isfinite(pooled).flatten(1).all(dim=1)], POOL_SAMPLE)
 
         def evaluate() -> dict[str, float]:
             recent = recorder.steps[seen["steps"] :]
             seen["steps"] = len(recorder.steps)
-            images = latest_images()
+            images, distilled = latest_images(), distilled_images()
             shared = {
                 "flagged": sum(s.get("guard/forgotten", 0.0) for s in recent) / max(len(recent), 1),
                 "collapse": collapse_rate(predict(teacher, images), teacher.num_classes)
                 if len(images)
                 else math.nan,
+                "pool_collapse": collapse_rate(predict(teacher, distilled), teacher.num_classes)
+                if len(distilled)
+                else math.nan,
+                "pool_images": float(len(distilled)),
             }
             metrics: dict[str, float] = {}
             for setting, (id_images, ood_images, clean_images, labels) in tests.items():
@@ -679,6 +797,9 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
                     predict(student, clean_images) if clean_images is not None else None,
                 )
                 own["ood_share"] = probes[setting].ood_share(images) if len(images) else math.nan
+                own["pool_ood_share"] = (
+                    sl_probes[setting].ood_share(distilled) if len(distilled) else math.nan
+                )
                 metrics.update({f"{setting}/{k}": v for k, v in {**own, **shared}.items()})
             return metrics
 
@@ -712,6 +833,7 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
         with Guard(config.guard.model_copy(update={"enabled": True}), teacher) as histogram_guard:
             synthetic_scores = _scores(histogram_guard, images).tolist() if len(images) else []
     wall = time.perf_counter() - began
+    phases = seconds_per_iteration_phases(result.iteration_seconds, recorder.verdicts)
     records = []
     for spec in group:
         prefix = f"{spec.setting}/"
@@ -739,6 +861,8 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
                 "curves": curves,
                 "final": final_metrics(evaluations),
                 "seconds_per_iteration": _finite_or_none(result.seconds_per_iteration),
+                "seconds_per_iteration_phases": phases,
+                "workers": ctx.workers,
                 "skipped_synthesis": result.skipped,
                 "bn_prior": (
                     {
@@ -750,6 +874,7 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
                     else None
                 ),
                 "probe_train_accuracy": probes[spec.setting].train_accuracy,
+                "disagreement_subset": _disagreement_subset(tests[spec.setting][3]),
                 "synthetic_scores": {"scorer": config.guard.scorer.name, "values": synthetic_scores},
                 "wall_seconds": wall,
                 "machine": reporting.machine_line(),
@@ -757,6 +882,12 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
             }
         )
     return records
+
+
+def _disagreement_subset(labels: EvalLabels) -> dict[str, int] | None:
+    """DAgr's subset size: ``images`` of the ``of`` OOD test images; None without SL predictions."""
+    subset = labels.disagreement
+    return None if subset is None else {"images": int(subset.sum()), "of": len(subset)}
 
 
 def run_bench(
@@ -810,6 +941,10 @@ def run_bench(
                 say(f"[{number[spec]}/{len(specs)}] {spec.label()}: finished before, skipped")
         else:
             pending.append(group)
+    for setting in sorted({spec.setting for group in pending for spec in group}):
+        ctx.teacher(
+            setting, "sl"
+        )  # every run's DAgr and pool OOD share need it: trained here, before any worker
 
     def finish(group: list[RunSpec], records: list[dict[str, Any]]) -> None:
         for spec, record in zip(group, records):
@@ -828,7 +963,7 @@ def run_bench(
             finish(group, _execute(ctx, group, stream))
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
-        settings = (config.model_dump(mode="json"), str(out), train_progress)
+        settings = (config.model_dump(mode="json"), str(out), train_progress, min(workers, len(pending)))
         with ProcessPoolExecutor(
             workers, mp_context=context, initializer=_start_worker, initargs=settings
         ) as pool:
@@ -842,9 +977,9 @@ def run_bench(
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(config: dict[str, Any], out: str, train_progress: bool) -> None:
+def _start_worker(config: dict[str, Any], out: str, train_progress: bool, workers: int) -> None:
     torch.set_num_threads(1)
-    _WORKER["context"] = _Context(BenchConfig.from_mapping(config), Path(out), lambda message: None)
+    _WORKER["context"] = _Context(BenchConfig.from_mapping(config), Path(out), lambda message: None, workers)
     _WORKER["stream"] = sys.stderr if train_progress else None
 
 

@@ -18,6 +18,7 @@ from dfkd_guard.bench.runner import (
     final_metrics,
     prediction_metrics,
     preflight,
+    row_guard,
     run_config,
     run_id,
 )
@@ -60,6 +61,11 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
             assert float(row[col["flagged by guard"]]) == 0.0
         # two iterations end inside the BN prior's warm-up; unguarded rows have no verdict
         assert row[col["BN prior"]] == ("warming up 1" if row[2].endswith("+ guard") else "–")
+    # the newer metrics: DAgr beside OAgr, the pool diagnostics in place of the latest batch's, phase timings
+    assert {"DAgr", "pool OOD share (SL probe)", "pool collapse"} <= set(
+        col
+    ) and "synthetic OOD share" not in col
+    assert "Images in the subset: rotated_mnist " in report and "## Overhead per phase" in report
     assert "| backdoor | NTL backdoor |" in report  # teacher table names the backdoor teacher
     assert "bn_deviation" in report and '"iterations": 2' in report and "- Machine: " in report
     for setting in config.settings:
@@ -73,6 +79,8 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
     assert {"iacc", "oacc", "oagr", "asr", "asr_minus_clean", "ood_share", "collapse", "flagged"} <= set(
         record["final"]
     )
+    assert {"dagr", "pool_ood_share", "pool_collapse", "pool_images"} <= set(record["final"])
+    assert record["disagreement_subset"]["of"] == config.test_images
     assert len(record["synthetic_scores"]["values"]) == config.cmi.batch_size
 
     # The SL teacher sees only MNIST, the same in every setting: one training serves the SL row of all three.
@@ -145,6 +153,10 @@ def test_metrics_on_hand_made_predictions() -> None:
         ({"rows": ["ntl_guard"], "guard": {"enabled": False}}, "guard"),
         ({"cmi": {"n_neg": 0}}, "cmi.n_neg"),
         ({"guard": {"kd_temperature": -1}}, "guard.kd_temperature"),
+        ({"guard": {"kd_temperature": 4}}, "guard"),
+        ({"guard_variants": {"hot": {"kd_temperature": 4}}}, "guard_variants"),
+        ({"kd_temperature": {"cmi": 0}}, "kd_temperature.cmi"),
+        ({"kd_temperature": {"dfad": 4}}, "kd_temperature.dfad.[key]"),
         ({"teacher_steps": "many"}, "teacher_steps"),
         ({"kd_step": 2}, "kd_step"),
     ],
@@ -218,6 +230,20 @@ def test_run_ids_are_stable_and_follow_the_run_config() -> None:
     assert set(run_config(memory, spec)["guard"]["forget"]) == {"kind", "weight", "memory", "recall"}
 
 
+def test_every_row_of_an_adapter_distils_at_its_temperature_guarded_or_not() -> None:
+    config = BenchConfig.tiny(kd_temperature={"cmi": 4.0})
+    assert config.kd_temperature == {"vanilla": 1.0, "deepinversion": 20.0, "cmi": 4.0}
+    for row in ("sl", "ntl_guard"):
+        assert row_guard(config, RunSpec("backdoor", "cmi", row, 0)).kd_temperature == 4.0
+        assert row_guard(config, RunSpec("backdoor", "vanilla", row, 0)).kd_temperature == 1.0
+    # an unguarded run at temperature 1 keeps the id it had before the temperature was per adapter
+    assert "kd_temperature" not in run_config(config, RunSpec("backdoor", "vanilla", "sl", 0))["guard"]
+    assert run_config(config, RunSpec("backdoor", "cmi", "sl", 0))["guard"]["kd_temperature"] == 4.0
+    assert run_id(config, RunSpec("backdoor", "cmi", "sl", 0)) != run_id(
+        BenchConfig.tiny(), RunSpec("backdoor", "cmi", "sl", 0)
+    )
+
+
 def test_missing_matplotlib_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(DfkdGuardError, match=r"dfkd-guard\[bench\]"):
@@ -260,3 +286,65 @@ def test_parallel_workers_give_the_same_runs_and_the_oracle_and_variant_rows_run
     assert path.name == "ablation.md" and "| NTL + guard [energy] |" in path.read_text()
     assert "(ablation-plots/iacc-rotated_mnist.png)" in path.read_text()
     assert (tmp_path / "workers1" / "ablation-plots" / "iacc-rotated_mnist.png").is_file()
+
+
+class _TaggedProbe:
+    """Stands in for an OodProbe: its OOD share says which teacher's features it was fitted on."""
+
+    train_accuracy = 1.0
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+
+    def ood_share(self, images: torch.Tensor) -> float:
+        return self.share
+
+
+def test_runs_store_dagr_pool_diagnostics_on_the_sl_probe_and_phase_timings(tmp_path, monkeypatch) -> None:
+    from dfkd_guard.bench import runner
+
+    shares = {"sl": 0.25, "ntl": 0.75}
+    monkeypatch.setattr(runner._Context, "probe", lambda self, setting, kind: _TaggedProbe(shares[kind]))
+    config = BenchConfig.tiny(
+        settings=["rotated_mnist"],
+        adapters={"rotated_mnist": ["vanilla"]},
+        rows=["sl", "ntl", "ntl_guard"],
+        budgets={"vanilla": {"iterations": 2, "kd_steps": 2, "eval_every": 1}},
+        # a verdict after the first observed batch: one iteration on each side of it
+        guard={
+            "scorer": {"name": "atesc", "params": {"steps": 1}},
+            "bn_prior": {"skip_batches": 0, "warmup_batches": 1},
+        },
+    )
+    out = tmp_path / "bench"
+    runner.run_bench(config, out, progress=False)
+    runs = {
+        json.loads(p.read_text())["spec"]["row"]: json.loads(p.read_text())
+        for p in (out / "runs").glob("*.json")
+    }
+
+    # the latest batch is judged by each run's own teacher's probe, the pool by the SL teacher's in every row
+    assert [runs[row]["final"]["ood_share"] for row in ("sl", "ntl", "ntl_guard")] == [0.25, 0.75, 0.75]
+    assert [runs[row]["final"]["pool_ood_share"] for row in ("sl", "ntl", "ntl_guard")] == [0.25] * 3
+    for record in runs.values():
+        # the replay pool holds every fresh student image so far: 16 per student step, 2 steps per iteration
+        assert record["curves"]["pool_images"] == [32.0, 64.0]
+        assert 0.0 <= record["final"]["pool_collapse"] <= 1.0
+        subset = record["disagreement_subset"]
+        assert subset["of"] == config.test_images and 0 <= subset["images"] <= subset["of"]
+        assert (record["final"].get("dagr") is not None) == (subset["images"] > 0)
+        assert record["workers"] == 1
+    assert runs["ntl"]["seconds_per_iteration_phases"]["warmup"] is None  # no guard, no verdict
+    assert runs["ntl"]["seconds_per_iteration_phases"]["all"] > 0
+    guarded = runs["ntl_guard"]
+    assert guarded["bn_prior"]["verdict"] != "warming up"
+    assert set(guarded["seconds_per_iteration_phases"]) == {"warmup", "after_verdict", "all"}
+    assert all(v > 0 for v in guarded["seconds_per_iteration_phases"].values())
+
+    # vanilla without replay has an empty pool: the pool metrics measure its latest synthetic batches
+    no_replay = config.updated(vanilla={**config.vanilla.model_dump(), "replay": 0}, rows=["ntl"])
+    runner.run_bench(no_replay, out, progress=False)
+    record = json.loads(
+        runner.run_path(no_replay, RunSpec("rotated_mnist", "vanilla", "ntl", 0), out).read_text()
+    )
+    assert record["curves"]["pool_images"] == [16.0, 32.0] and record["final"]["pool_ood_share"] == 0.25
