@@ -60,29 +60,34 @@ STUDENT_WIDTHS: tuple[int, ...] = (16, 32, 64)
 class BenchNet(nn.Module):
     """A classifier the bench can train and probe: :meth:`features` then the linear ``head``.
 
-    A subclass builds its layers, then calls :meth:`add_head` (last, so a
-    seeded initialisation draws the head's weights after the body's).
+    A subclass builds its convolutional ``body``, then calls :meth:`add_head`
+    (last, so a seeded initialisation draws the head's weights after the
+    body's); the features are the body's output averaged over space, unless
+    the subclass overrides :meth:`features`.
 
     Shapes:
         input ``(B, 3, S, S)``; :meth:`features` ``(B, feature_dim)``; output
         logits ``(B, num_classes)``.
     """
 
+    body: nn.Module
     head: nn.Linear
     feature_dim: int
     num_classes: int
 
     def add_head(self, feature_dim: int, num_classes: int) -> None:
-        """Create ``head``, a linear layer from ``feature_dim`` features to ``num_classes`` logits."""
+        """Create the global average ``pool`` and ``head``, a linear layer from ``feature_dim`` features to
+        ``num_classes`` logits."""
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(feature_dim, num_classes)
         self.feature_dim = feature_dim
         self.num_classes = num_classes
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate features ``(B, feature_dim)``."""
-        raise NotImplementedError
+        """Penultimate features ``(B, feature_dim)``: ``body(x)`` averaged over its spatial positions."""
+        return self.pool(self.body(x)).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)``."""
@@ -129,12 +134,7 @@ class ConvNet(BenchNet):
             layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels = width
         self.body = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.add_head(channels, num_classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate features ``(B, widths[-1])`` (after global average pooling)."""
-        return self.pool(self.body(x)).flatten(1)
 
 
 class _BasicBlock(nn.Module):
@@ -186,12 +186,7 @@ class ResNet(BenchNet):
                 layers.append(_BasicBlock(channels, width, 2 if stage > 0 and block == 0 else 1))
                 channels = width
         self.body = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.add_head(channels, num_classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate features ``(B, widths[-1])``."""
-        return self.pool(self.body(x)).flatten(1)
 
 
 class VGG(BenchNet):
@@ -218,12 +213,7 @@ class VGG(BenchNet):
                 channels = width
             layers.append(nn.MaxPool2d(2))
         self.body = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.add_head(channels, num_classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate features ``(B, widths[-1])``."""
-        return self.pool(self.body(x)).flatten(1)
 
 
 def make_teacher(num_classes: int = 10, widths: Sequence[int] = TEACHER_WIDTHS) -> ConvNet:
