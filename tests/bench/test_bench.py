@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from dfkd_guard.bench.config import BenchConfig, row_label
+from dfkd_guard.bench.models import build_network
 from dfkd_guard.bench.report import format_stat, require_matplotlib
 from dfkd_guard.bench.runner import (
     EvalLabels,
     RunSpec,
     asr_minus_clean,
+    dfkd_seed,
     enumerate_runs,
     final_metrics,
     prediction_metrics,
@@ -242,6 +244,21 @@ def test_every_row_of_an_adapter_distils_at_its_temperature_guarded_or_not() -> 
     assert run_id(config, RunSpec("backdoor", "cmi", "sl", 0)) != run_id(
         BenchConfig.tiny(), RunSpec("backdoor", "cmi", "sl", 0)
     )
+
+
+def test_no_student_starts_from_the_initial_weights_of_a_teacher() -> None:
+    config = BenchConfig()
+    architecture = config.component("teacher_architecture")
+    torch.manual_seed(config.teacher_seed)  # as teachers.py seeds a teacher's initialisation
+    teacher_start = build_network(
+        architecture, config.teacher_widths, 10, config.image_size, "t"
+    ).state_dict()
+    for seed in (config.teacher_seed, 1, 2):
+        torch.manual_seed(dfkd_seed(seed))  # as the runner seeds a run
+        student = build_network(architecture, config.student_widths, 10, config.image_size, "s").state_dict()
+        assert student.keys() == teacher_start.keys()
+        assert not torch.equal(student["head.weight"], teacher_start["head.weight"])
+    assert len({dfkd_seed(seed) for seed in range(1000)}) == 1000
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch) -> None:
