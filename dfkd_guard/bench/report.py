@@ -109,6 +109,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("oagr", "OAgr"),
     ("oagr_excess", "OAgr − SL"),
     ("dagr", "DAgr"),
+    ("dagr_excess", "DAgr − SL"),
     ("asr_minus_clean", "ASR − clean"),
     ("ood_share", "synthetic OOD share"),
     ("collapse", "collapse"),
@@ -117,7 +118,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("flagged", "flagged by guard"),
 )
 #: Columns of metrics that runs stored before them lack: shown only where a run measured them.
-NEWER_COLUMNS = frozenset({"dagr", "pool_ood_share", "pool_collapse"})
+NEWER_COLUMNS = frozenset({"dagr", "dagr_excess", "pool_ood_share", "pool_collapse"})
 #: Latest-batch trap diagnostics and the pool ones that replace them in a report with the latter.
 POOL_REPLACES = {"ood_share": "pool_ood_share", "collapse": "pool_collapse"}
 #: Columns of the guard-effect table (the headline metrics), as in :data:`COLUMNS`.
@@ -222,24 +223,27 @@ def load_rows(
             path = out / "runs" / f"{run_ids[run_key(spec.setting, spec.adapter, spec.row, spec.seed)]}.json"
         if path.is_file():
             summary.records.append(json.loads(path.read_text(encoding="utf-8")))
-    _add_oagr_excess(list(rows.values()))
+    _add_excess_over_sl(list(rows.values()))
     return list(rows.values())
 
 
-def _add_oagr_excess(rows: list[RowSummary]) -> None:
-    """Give every run ``oagr_excess``: its OAgr minus that of the SL-teacher student of its setting, adapter and seed.
+def _add_excess_over_sl(rows: list[RowSummary]) -> None:
+    """Give every run ``oagr_excess`` and ``dagr_excess``: its OAgr (DAgr) minus that of the SL-teacher student
+    of its setting, adapter and seed.
 
     An ordinary student agrees with the NTL teacher on many OOD images too (both
-    may map a domain to one class), so OAgr alone cannot show inherited
-    behaviour; the excess over the SL-teacher student can. None where that
-    student is not stored.
+    may map a domain to one class), even on those where the SL teacher does not
+    (a student is not its teacher's copy), so OAgr and DAgr alone cannot show
+    inherited behaviour; the excess over the SL-teacher student can. None where
+    that student's value is not stored; absent where the run's is absent.
     """
-    sl = {(r.setting, r.adapter): r.by_seed("oagr") for r in rows if r.row == "sl"}
-    for r in rows:
-        reference = sl.get((r.setting, r.adapter), {})
-        for record in r.records:
-            oagr, base = record["final"].get("oagr"), reference.get(record["spec"]["seed"])
-            record["final"]["oagr_excess"] = None if oagr is None or base is None else oagr - base
+    for metric in ("oagr", "dagr"):
+        sl = {(r.setting, r.adapter): r.by_seed(metric) for r in rows if r.row == "sl"}
+        for r in rows:
+            reference = sl.get((r.setting, r.adapter), {})
+            for record in (record for record in r.records if metric in record["final"]):
+                value, base = record["final"][metric], reference.get(record["spec"]["seed"])
+                record["final"][f"{metric}_excess"] = None if value is None or base is None else value - base
 
 
 def _cpu_model(machine: str) -> str:
@@ -733,7 +737,9 @@ _DAGR_TEXT = """\
 - DAgr: OAgr on the disagreement subset alone, the OOD test images on which the SL teacher predicts
   another class than the setting's NTL teacher: near 0 for a student that behaves like the SL
   teacher, near 1 for one that inherited the NTL teacher's behaviour (– where the teachers never
-  disagree). Images in the subset: {subsets}.
+  disagree). Images in the subset: {subsets}. A student is not its teacher's copy: SL-teacher
+  students may score high too, and DAgr − SL (DAgr minus that of the SL-teacher student of the same
+  adapter and seed) is the part they do not have.
 """
 
 _BATCH_TEXT = """\

@@ -11,7 +11,7 @@ import torch
 from dfkd_guard.bench.metrics import balanced_collapse_floor, collapse_rate, evenly_spaced
 from dfkd_guard.bench.report import (
     RowSummary,
-    _add_oagr_excess,
+    _add_excess_over_sl,
     main_table,
     overhead_table,
     shown_columns,
@@ -210,11 +210,14 @@ def test_newer_metrics_are_shown_where_runs_measured_them_and_the_pool_replaces_
     assert cells[names.index("dagr") + 3] == "–" and cells[names.index("pool_ood_share") + 3] == "0.500"
 
 
-def test_oagr_excess_is_paired_with_the_sl_student_of_the_same_seed() -> None:
-    sl = RowSummary("s", "vanilla", "sl", 2, [_run(0, oagr=0.8), _run(1, oagr=0.6)])
-    ntl = RowSummary("s", "vanilla", "ntl", 3, [_run(0, oagr=0.99), _run(1, oagr=0.98), _run(2, oagr=0.97)])
+def test_oagr_and_dagr_excess_are_paired_with_the_sl_student_of_the_same_seed() -> None:
+    sl = RowSummary("s", "vanilla", "sl", 2, [_run(0, oagr=0.8, dagr=0.5), _run(1, oagr=0.6)])
+    ntl = RowSummary(
+        "s", "vanilla", "ntl", 3, [_run(0, oagr=0.99, dagr=0.9), _run(1, oagr=0.98), _run(2, oagr=0.97)]
+    )
     other = RowSummary("s", "cmi", "ntl", 1, [_run(0, oagr=0.9)])  # no SL row of its adapter
-    _add_oagr_excess([sl, ntl, other])
+    _add_excess_over_sl([sl, ntl, other])
     assert sl.by_seed("oagr_excess") == {0: 0.0, 1: 0.0}
     assert ntl.by_seed("oagr_excess") == {0: 0.99 - 0.8, 1: 0.98 - 0.6}  # seed 2 has no SL run
     assert other.values("oagr_excess") == []
+    assert ntl.by_seed("dagr_excess") == {0: 0.9 - 0.5}  # seed 1 stored no DAgr
