@@ -493,7 +493,7 @@ def test_the_runs_of_the_default_config_keep_their_ids() -> None:
     config = BenchConfig()
     expected = [
         "backdoor-vanilla-ntl_guard-seed0-296d33ac3abf",
-        "mnist_m-cmi-sl-seed2-78969a78f59d",
+        "mnist_m-cmi-sl-seed2-fdadce7f6a12",
         "fashion-vanilla-ntl-seed1-0f028b9629c2",
         "rotated_mnist-vanilla-ntl_oracle-seed0-4371df9ea7bb",
         "mnist_m-deepinversion-ntl-seed1-293d884772b8",
