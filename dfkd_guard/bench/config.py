@@ -131,7 +131,7 @@ def _default_deepinversion() -> DeepInversionConfig:
 def _default_cmi() -> CMIConfig:
     # BN weight 10, as vanilla: at CMI's BN weight 1 the SL-teacher student reached 0.32 (docs/benchmark.md);
     # views and replay shifted by 2 pixels at 16x16, as the published 4 at 32x32; 80 rounds (the budget) gave the
-    # SL-teacher student 0.94 where 40 gave 0.904 +- 0.018 (docs/benchmarks/tuning/README.md)
+    # SL-teacher student 0.941 +- 0.002 where 40 gave 0.904 +- 0.018 (docs/benchmarks/tuning/README.md)
     return CMIConfig(
         batch_size=64,
         student_batch_size=128,
