@@ -378,16 +378,12 @@ class BenchConfig(FileConfig):
                 raise ValueError(f"{setting}: entries must be unique, got {list(names)}")
         return value
 
-    @field_validator("budgets", mode="before")
+    @field_validator("budgets", "kd_temperature", mode="before")
     @classmethod
-    def _budgets_over_defaults(cls, value: Any) -> Any:
-        # a config that sets the budget of one adapter keeps the defaults of the others
-        return {**_DEFAULT_BUDGETS, **value} if isinstance(value, dict) else value
-
-    @field_validator("kd_temperature", mode="before")
-    @classmethod
-    def _temperatures_over_defaults(cls, value: Any) -> Any:
-        return {**_DEFAULT_KD_TEMPERATURES, **value} if isinstance(value, dict) else value
+    def _per_adapter_over_defaults(cls, value: Any, info: ValidationInfo) -> Any:
+        # a config that sets the budget (temperature) of one adapter keeps the defaults of the others
+        defaults = _DEFAULT_BUDGETS if info.field_name == "budgets" else _DEFAULT_KD_TEMPERATURES
+        return {**defaults, **value} if isinstance(value, dict) else value
 
     @field_validator("guard", "guard_variants")
     @classmethod

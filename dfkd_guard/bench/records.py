@@ -19,7 +19,15 @@ from dfkd_guard.errors import DfkdGuardError
 from dfkd_guard.serialization import write_json_atomic
 
 from .config import BenchConfig
-from .runner import enumerate_runs, ntl_kind, run_path, teacher_kind, teacher_record_path
+from .runner import (
+    enumerate_runs,
+    ntl_kind,
+    run_id,
+    run_path,
+    teacher_kind,
+    teacher_record_file,
+    teacher_record_id,
+)
 
 __all__ = [
     "INVOCATIONS",
@@ -33,6 +41,7 @@ __all__ = [
     "run_key",
     "stored_config",
     "stored_report_names",
+    "teacher_record_ids",
     "teacher_record_paths",
     "write_invocation",
 ]
@@ -57,12 +66,12 @@ def run_key(setting: str, adapter: str, row: str, seed: int) -> str:
 
 
 def record_names(config: BenchConfig) -> dict[str, Any]:
-    """The files ``config``'s report reads: ``runs`` (run key -> run id) and ``teachers`` (teacher record names)."""
+    """The files ``config``'s report reads: ``runs`` (run key -> run id) and ``teachers`` (teacher record ids)."""
     runs = {
-        run_key(spec.setting, spec.adapter, spec.row, spec.seed): run_path(config, spec, Path()).stem
+        run_key(spec.setting, spec.adapter, spec.row, spec.seed): run_id(config, spec)
         for spec in enumerate_runs(config)
     }
-    return {"runs": runs, "teachers": [path.stem for path in teacher_record_paths(config, Path())]}
+    return {"runs": runs, "teachers": teacher_record_ids(config)}
 
 
 def invocation_path(out: Path, report_name: str) -> Path:
@@ -110,15 +119,20 @@ def report_command(config: BenchConfig, out: Path, command: str | None) -> str:
     return command or "(run from Python)"
 
 
-def teacher_record_paths(config: BenchConfig, out: Path) -> list[Path]:
-    """Where the records of the teachers ``config``'s report shows are stored, in report order."""
-    paths = []
+def teacher_record_ids(config: BenchConfig) -> list[str]:
+    """The records of the teachers ``config``'s report shows, in report order."""
+    ids = []
     for setting in config.settings:
         kinds = dict.fromkeys(
             [teacher_kind(config, row, setting) for row in config.rows] + [ntl_kind(config, setting)]
         )
-        paths += [teacher_record_path(config, setting, kind, out) for kind in kinds]
-    return paths
+        ids += [teacher_record_id(config, setting, kind) for kind in kinds]
+    return ids
+
+
+def teacher_record_paths(config: BenchConfig, out: Path) -> list[Path]:
+    """Where the records of the teachers ``config``'s report shows are stored, in report order."""
+    return [teacher_record_file(out, record_id) for record_id in teacher_record_ids(config)]
 
 
 def compact_json(data: Any) -> str:

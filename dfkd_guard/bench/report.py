@@ -64,9 +64,11 @@ from .runner import (
     POOL_SAMPLE,
     enumerate_runs,
     ntl_kind,
+    run_file,
     run_path,
     teacher_components,
     teacher_kind,
+    teacher_record_file,
 )
 from .seed_statistics import CONFIDENCE, paired_differences, summarize
 
@@ -220,7 +222,7 @@ def load_rows(
         if run_ids is None:
             path = run_path(config, spec, out)
         else:
-            path = out / "runs" / f"{run_ids[run_key(spec.setting, spec.adapter, spec.row, spec.seed)]}.json"
+            path = run_file(out, run_ids[run_key(spec.setting, spec.adapter, spec.row, spec.seed)])
         if path.is_file():
             summary.records.append(json.loads(path.read_text(encoding="utf-8")))
     _add_excess_over_sl(list(rows.values()))
@@ -542,7 +544,7 @@ def _teacher_records(config: BenchConfig, out: Path, names: list[str] | None = N
     paths = (
         teacher_record_paths(config, out)
         if names is None
-        else [out / "teacher_metrics" / f"{name}.json" for name in names]
+        else [teacher_record_file(out, name) for name in names]
     )
     return [json.loads(path.read_text(encoding="utf-8")) for path in paths if path.is_file()]
 
@@ -882,11 +884,8 @@ def _criterion(records: list[dict[str, Any]]) -> str:
     return f"KL(teacher ‖ student) · T², guarded and unguarded rows alike: {listed}"
 
 
-def _header(
-    config: BenchConfig, out: Path, rows: list[RowSummary], command: str | None, stored: bool = False
-) -> str:
-    """Command, dates, machines and run count: from the invocation and run records alone
-    (``stored``: ``command`` is the invocation record's)."""
+def _header(command: str, rows: list[RowSummary]) -> str:
+    """Command, dates, machines and run count: from the invocation and run records alone."""
     records = [record for r in rows for record in r.records]
     finished = sorted(_utc_minute(record["finished"]) for record in records)
     if not finished:
@@ -906,7 +905,7 @@ def _header(
         machine = ""
     done, expected = len(records), sum(r.expected for r in rows)
     return (
-        f"- Command: `{command if stored else report_command(config, out, command)}`\n"
+        f"- Command: `{command}`\n"
         f"- Date: {date}\n"
         f"{machine}"
         f"- Distillation: {_criterion(records)}\n"
@@ -934,15 +933,14 @@ def render_report(
         ``config``: its command, config text and record names are used as stored.
     """
     rows, teachers = _stored_rows(config, out, invocation)
-    if invocation is not None:
-        command = invocation["command"]
+    command = invocation["command"] if invocation is not None else report_command(config, out, command)
     if plots:
         plot_lines = "\n".join(f"![{Path(p).stem}]({p})" for p in plot_paths(config))
     else:
         plot_lines = "Not drawn: matplotlib is not installed (`pip install 'dfkd-guard[bench]'`)."
     return (
         "# dfkd-guard benchmark\n\n"
-        f"{_header(config, out, rows, command, invocation is not None)}\n"
+        f"{_header(command, rows)}\n"
         "## Settings\n\n"
         f"{settings_table(config)}\n\n"
         "## Students\n\n"

@@ -114,12 +114,14 @@ __all__ = [
     "run_bench",
     "run_components",
     "run_config",
+    "run_file",
     "run_id",
     "run_path",
     "seconds_per_iteration_phases",
     "teacher_components",
     "teacher_config",
     "teacher_kind",
+    "teacher_record_file",
     "teacher_record_id",
     "teacher_record_path",
     "training_groups",
@@ -343,9 +345,14 @@ def run_id(config: BenchConfig, spec: RunSpec) -> str:
     )
 
 
+def run_file(out: Path, run_id: str) -> Path:
+    """Where the run record ``run_id`` is stored under the output folder ``out``."""
+    return Path(out) / "runs" / f"{run_id}.json"
+
+
 def run_path(config: BenchConfig, spec: RunSpec, out: Path | None = None) -> Path:
     """Where the finished run is stored."""
-    return Path(out or config.output_dir) / "runs" / f"{run_id(config, spec)}.json"
+    return run_file(out or config.output_dir, run_id(config, spec))
 
 
 def teacher_record_id(config: BenchConfig, setting: str, kind: str) -> str:
@@ -364,12 +371,13 @@ def teacher_record_id(config: BenchConfig, setting: str, kind: str) -> str:
     return f"{kind}-{setting}-{_digest(data)[:12]}"
 
 
+def teacher_record_file(out: Path, record_id: str) -> Path:
+    """Where the teacher record ``record_id`` is stored under the output folder ``out``."""
+    return Path(out) / "teacher_metrics" / f"{record_id}.json"
+
+
 def teacher_record_path(config: BenchConfig, setting: str, kind: str, out: Path | None = None) -> Path:
-    return (
-        Path(out or config.output_dir)
-        / "teacher_metrics"
-        / f"{teacher_record_id(config, setting, kind)}.json"
-    )
+    return teacher_record_file(out or config.output_dir, teacher_record_id(config, setting, kind))
 
 
 # -- metrics on predictions --------------------------------------------------------
