@@ -799,14 +799,14 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
             recent = recorder.steps[seen["steps"] :]
             seen["steps"] = len(recorder.steps)
             images, distilled = latest_images(), distilled_images()
+
+            def collapse(batch: torch.Tensor) -> float:
+                return collapse_rate(predict(teacher, batch), teacher.num_classes) if len(batch) else math.nan
+
             shared = {
                 "flagged": sum(s.get("guard/forgotten", 0.0) for s in recent) / max(len(recent), 1),
-                "collapse": collapse_rate(predict(teacher, images), teacher.num_classes)
-                if len(images)
-                else math.nan,
-                "pool_collapse": collapse_rate(predict(teacher, distilled), teacher.num_classes)
-                if len(distilled)
-                else math.nan,
+                "collapse": collapse(images),
+                "pool_collapse": collapse(distilled),
                 "pool_images": float(len(distilled)),
             }
             metrics: dict[str, float] = {}
