@@ -30,6 +30,7 @@ from torch import nn
 from dfkd_guard import Guard, GuardedBatch
 from dfkd_guard.bn_statistics import batchnorm_layers
 from dfkd_guard.inputs import check_images, check_logits, teacher_logits
+from dfkd_guard.processes import Processes
 
 __all__ = ["LowestLoss", "SynthesisResult", "Synthesizer", "loss_terms", "student_step", "to_device"]
 
@@ -103,6 +104,9 @@ class Synthesizer(ABC):
     :param guard: the guard bound to ``teacher``.
     :param image_shape: (C, H, W) of the images the teacher takes.
     :param device: where synthesis runs.
+    :param processes: the processes that share synthesis under ``torchrun``:
+        each synthesises its rows of every batch and what a round produced is
+        gathered (:class:`~dfkd_guard.Processes`); alone by default.
     :raises ValueError: the guard is bound to another teacher, or teacher and
         student disagree on the number of classes for ``image_shape`` inputs.
     """
@@ -114,6 +118,8 @@ class Synthesizer(ABC):
         guard: Guard,
         image_shape: tuple[int, int, int],
         device: torch.device | str = "cpu",
+        *,
+        processes: Processes | None = None,
     ) -> None:
         if guard.teacher is not teacher:
             raise ValueError("the guard is bound to a different teacher than the one given to the adapter")
@@ -125,6 +131,7 @@ class Synthesizer(ABC):
         self.guard = guard
         self.image_shape = tuple(image_shape)
         self.device = torch.device(device)
+        self.processes = processes or Processes()
         self.num_classes = self._check_models()
         self.skipped = 0
         #: The latest :meth:`synthesize` result, recorded by the training driver.
@@ -187,6 +194,18 @@ class Synthesizer(ABC):
         with torch.no_grad():
             logits = self.teacher(images)
         return self.guard.student_batch(images, logits, scores)
+
+    def labelled(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's logits (B, K) and the guard's scores (B,) of ``images`` (NaN where no decision needs
+        one, :meth:`Guard.score` ``if_needed``), each process computing its rows, gathered in rank order.
+
+        :param images: float (B, C, H, W) in teacher input units, the same on every process.
+        """
+        own = self.processes.own(images)
+        with torch.no_grad():
+            logits = self.teacher(own)
+        scores = self.guard.score(own, logits, if_needed=True)
+        return self.processes.gather(logits), self.processes.gather(scores)
 
     def require_batchnorm(self, why: str) -> None:
         """Raise a ValueError naming the teacher when it has no BatchNorm layer with running statistics."""

@@ -61,6 +61,7 @@ from dfkd_guard.adapters.base import LowestLoss, SynthesisResult, Synthesizer, l
 from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.adapters.views import random_shift
 from dfkd_guard.losses import kd_divergence
+from dfkd_guard.processes import Processes
 
 __all__ = [
     "CMIConfig",
@@ -275,6 +276,10 @@ class CMISynthesizer(Synthesizer):
     :param config: hyper-parameters.
     :param image_shape: (C, H, W) the teacher takes.
     :param device: where synthesis runs.
+    :param processes: under ``torchrun``, the processes sharing each round:
+        each optimises its rows of the codes with the same generator (its and
+        the head's gradients averaged); the BN prior sees every row, the
+        contrastive loss each process's own.
     :raises ValueError: the teacher has no BatchNorm layer, or the generator's
         images do not fit the teacher.
     """
@@ -289,8 +294,10 @@ class CMISynthesizer(Synthesizer):
         config: CMIConfig | None = None,
         image_shape: tuple[int, int, int] = (3, 32, 32),
         device: torch.device | str = "cpu",
+        *,
+        processes: Processes | None = None,
     ) -> None:
-        super().__init__(teacher, student, guard, image_shape, device)
+        super().__init__(teacher, student, guard, image_shape, device, processes=processes)
         self.config = config or CMIConfig()
         self.generator = generator.to(self.device)
         self.latent_dim = latent_dim
@@ -324,9 +331,12 @@ class CMISynthesizer(Synthesizer):
         return torch.cat(parts, dim=1)
 
     def _targets(self, batch_size: int) -> torch.Tensor:
+        """This process's rows of ``batch_size`` target classes."""
         if self.config.targets == "balanced":
-            return to_device(torch.arange(batch_size) % self.num_classes, self.device)
-        return to_device(torch.randint(self.num_classes, (batch_size,)), self.device)
+            targets = torch.arange(batch_size) % self.num_classes
+        else:
+            targets = torch.randint(self.num_classes, (batch_size,))
+        return to_device(self.processes.own(targets), self.device)
 
     def _adversarial(self, s_out: torch.Tensor, t_out: torch.Tensor) -> torch.Tensor:
         agree = (s_out.argmax(dim=1) == t_out.argmax(dim=1)).to(t_out.dtype)
@@ -362,7 +372,8 @@ class CMISynthesizer(Synthesizer):
         self.student.eval()
         self.reset_generator()
         self.generator.train()
-        z = to_device(torch.randn(c.batch_size, self.latent_dim), self.device).requires_grad_()
+        z = to_device(self.processes.own(torch.randn(c.batch_size, self.latent_dim)), self.device)
+        z.requires_grad_()
         targets = self._targets(c.batch_size)
         optimizer = torch.optim.Adam(
             [{"params": self.generator.parameters()}, {"params": [z]}], lr=c.generator_lr, betas=(0.5, 0.999)
@@ -378,7 +389,7 @@ class CMISynthesizer(Synthesizer):
             t_out = self.teacher(view)
             parts: dict[str, torch.Tensor] = {}
             if c.bn:
-                parts["bn"] = self.guard.bn_loss()
+                parts["bn"] = self.guard.bn_loss(self.processes)
             global_features = self._instance_features()
             self.teacher(normalize(random_resized_crop(pixels, c.crop_scale, flip=c.flip)))
             local_features = self._instance_features()
@@ -391,23 +402,31 @@ class CMISynthesizer(Synthesizer):
             weights = {"oh": c.oh, "bn": c.bn, "adv": c.adv, "cr": c.cr}
             penalty = self.guard.generator_penalty(view, t_out)
             total = sum((weights[k] * v for k, v in parts.items()), penalty)
-            if not bool(torch.isfinite(total) & torch.isfinite(images).all()):  # the step's one host sync
-                skipped += 1
+            if not self.processes.all_true(torch.isfinite(total) & torch.isfinite(images).all()):
+                skipped += 1  # the step's one host sync: every process skips it
                 continue
             features = torch.cat([local_features, global_features], dim=1).detach()
             lowest.offer(total, images, features, valid=torch.isfinite(features).all())
             total.backward()
+            self.processes.average_gradients([*self.generator.parameters(), *self.head.parameters()])
             optimizer.step()
             self.head_optimizer.step()
             last = {**parts, "penalty": penalty, "total": total}
+        self.processes.average_buffers(self.generator)
         self.skipped += skipped
         terms, kept = loss_terms(last), lowest.best()
-        if kept is None:
+        images = torch.empty(0, *self.image_shape, device=self.device)
+        features = torch.empty(0, self.bank.features.shape[1], device=self.device)
+        if kept is not None:
+            terms["best_total"], (images, features) = kept
+        scores = (
+            self.guard.score(images, if_needed=True) if len(images) else torch.empty(0, device=self.device)
+        )
+        images, scores, features = (self.processes.gather(t) for t in (images, scores, features))
+        if not len(images):
             return SynthesisResult(torch.empty(0, *self.image_shape), terms, skipped)
-        best_loss, (images, features) = kept
-        self.pool.add(images, self.guard.score(images, if_needed=True))
+        self.pool.add(images, scores)
         self.bank.add(features)
-        terms["best_total"] = best_loss
         return SynthesisResult(images, terms, skipped)
 
     def sample(self) -> GuardedBatch:

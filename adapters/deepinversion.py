@@ -43,6 +43,7 @@ from dfkd_guard import Guard, GuardedBatch
 from dfkd_guard.adapters.base import LowestLoss, SynthesisResult, Synthesizer, loss_terms, to_device
 from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.adapters.views import random_shift
+from dfkd_guard.processes import Processes
 
 __all__ = ["DeepInversionConfig", "DeepInversionSynthesizer", "js_divergence", "total_variation"]
 
@@ -111,6 +112,8 @@ class DeepInversionSynthesizer(Synthesizer):
     :param config: hyper-parameters.
     :param image_shape: (C, H, W) the teacher takes.
     :param device: where synthesis runs.
+    :param processes: under ``torchrun``, the processes sharing each round:
+        each optimises its rows of the batch; the BN prior sees them all.
     :raises ValueError: the teacher has no BatchNorm layer while ``bn > 0``.
     """
 
@@ -122,8 +125,10 @@ class DeepInversionSynthesizer(Synthesizer):
         config: DeepInversionConfig | None = None,
         image_shape: tuple[int, int, int] = (3, 32, 32),
         device: torch.device | str = "cpu",
+        *,
+        processes: Processes | None = None,
     ) -> None:
-        super().__init__(teacher, student, guard, image_shape, device)
+        super().__init__(teacher, student, guard, image_shape, device, processes=processes)
         self.config = config or DeepInversionConfig()
         if self.config.bn > 0:
             self.require_batchnorm("BN-statistics matching needs them (set bn = 0 to run without)")
@@ -139,18 +144,20 @@ class DeepInversionSynthesizer(Synthesizer):
         return images
 
     def _initial_inputs(self) -> torch.Tensor:
-        """(batch_size, C, H, W) starting images in teacher input units."""
-        noise = to_device(torch.randn(self.config.batch_size, *self.image_shape), self.device)
+        """This process's rows of (batch_size, C, H, W) starting images, in teacher input units."""
+        noise = torch.randn(self.config.batch_size, *self.image_shape)
+        noise = to_device(self.processes.own(noise), self.device)
         if self.config.init == "teacher_units":
             return noise
         return self.guard.config.normalization.normalize((0.5 + 0.2 * noise).clamp(0, 1))
 
     def synthesize(self) -> SynthesisResult:
-        """One round: optimise a fresh batch, pool the best one with its scores."""
+        """One round: optimise a fresh batch, pool the best one with its scores (every process's rows)."""
         c = self.config
         self.student.eval()
         inputs = self._initial_inputs().requires_grad_(True)
-        targets = to_device(torch.randint(self.num_classes, (c.batch_size,)), self.device)
+        targets = torch.randint(self.num_classes, (c.batch_size,))
+        targets = to_device(self.processes.own(targets), self.device)
         optimizer = torch.optim.Adam([inputs], lr=c.lr, betas=(0.5, 0.99))
         low, high = (
             self.guard.config.normalization.input_range(inputs) if c.clip_to_pixel_range else (None, None)
@@ -162,7 +169,7 @@ class DeepInversionSynthesizer(Synthesizer):
             t_out = self.teacher(view)
             parts = {"oh": F.cross_entropy(t_out, targets)}
             if c.bn:
-                parts["bn"] = self.guard.bn_loss()
+                parts["bn"] = self.guard.bn_loss(self.processes)
             if c.tv:
                 parts["tv"] = total_variation(inputs)
             if c.l2:
@@ -174,8 +181,8 @@ class DeepInversionSynthesizer(Synthesizer):
             weights = {"oh": c.oh, "bn": c.bn, "tv": c.tv, "l2": c.l2, "competition": c.competition}
             penalty = self.guard.generator_penalty(view, t_out)
             total = sum((weights[k] * v for k, v in parts.items()), penalty)
-            if not torch.isfinite(total):  # the one host sync of a step: a non-finite step is skipped
-                skipped += 1
+            if not self.processes.all_true(torch.isfinite(total)):
+                skipped += 1  # the step's one host sync: every process skips it
                 continue
             lowest.offer(total, inputs)
             total.backward()
@@ -186,10 +193,14 @@ class DeepInversionSynthesizer(Synthesizer):
             last = {**parts, "penalty": penalty, "total": total}
         self.skipped += skipped
         terms, kept = loss_terms(last), lowest.best()
-        if kept is None or not torch.isfinite(kept[1][0]).all():
+        best = torch.empty(0, *self.image_shape, device=self.device)
+        if kept is not None and torch.isfinite(kept[1][0]).all():
+            best = kept[1][0]
+        scores = self.guard.score(best, if_needed=True) if len(best) else torch.empty(0, device=self.device)
+        best, scores = self.processes.gather(best), self.processes.gather(scores)
+        if not len(best):
             return SynthesisResult(torch.empty(0, *self.image_shape), terms, skipped)
-        best = kept[1][0]
-        self.pool.add(best, self.guard.score(best, if_needed=True))
+        self.pool.add(best, scores)
         return SynthesisResult(best, terms, skipped)
 
     def sample(self) -> GuardedBatch:

@@ -35,6 +35,7 @@ from dfkd_guard import Guard, GuardedBatch
 from dfkd_guard.adapters.base import SynthesisResult, Synthesizer, loss_terms, to_device
 from dfkd_guard.adapters.pool import ImagePool
 from dfkd_guard.losses import kd_divergence
+from dfkd_guard.processes import Processes
 
 __all__ = ["PRESETS", "VanillaConfig", "VanillaSynthesizer"]
 
@@ -91,6 +92,9 @@ class VanillaSynthesizer(Synthesizer):
     :param config: the term weights and sizes (see :data:`PRESETS`).
     :param image_shape: (C, H, W) the teacher takes.
     :param device: where synthesis runs.
+    :param processes: under ``torchrun``, the processes sharing each batch: G's
+        gradients and BatchNorm statistics are averaged over them, so every
+        process holds the same generator.
     """
 
     def __init__(
@@ -103,8 +107,10 @@ class VanillaSynthesizer(Synthesizer):
         config: VanillaConfig | None = None,
         image_shape: tuple[int, int, int] = (3, 32, 32),
         device: torch.device | str = "cpu",
+        *,
+        processes: Processes | None = None,
     ) -> None:
-        super().__init__(teacher, student, guard, image_shape, device)
+        super().__init__(teacher, student, guard, image_shape, device, processes=processes)
         self.config = config or VanillaConfig()
         self.generator = generator.to(self.device)
         self.latent_dim = latent_dim
@@ -125,10 +131,10 @@ class VanillaSynthesizer(Synthesizer):
     def _keep_features(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         self._features = inputs[0]
 
-    def _images(self, batch_size: int, train: bool = True) -> torch.Tensor:
-        """``normalize(G(z))`` for fresh codes; ``train``: G's BatchNorm uses batch statistics."""
-        self.generator.train(train)
-        z = to_device(torch.randn(batch_size, self.latent_dim), self.device)
+    def _images(self, batch_size: int) -> torch.Tensor:
+        """``normalize(G(z))`` for this process's rows of ``batch_size`` fresh codes; G's BatchNorm in train mode."""
+        self.generator.train()
+        z = to_device(self.processes.own(torch.randn(batch_size, self.latent_dim)), self.device)
         return self.guard.config.normalization.normalize(self.generator(z))
 
     def synthesize(self) -> SynthesisResult:
@@ -145,7 +151,7 @@ class VanillaSynthesizer(Synthesizer):
             s_out = self.student(images)
             parts = {
                 "oh": F.cross_entropy(t_out, t_out.argmax(dim=1)) if c.oh else None,
-                "bn": self.guard.bn_loss() if c.bn else None,
+                "bn": self.guard.bn_loss(self.processes) if c.bn else None,
                 "adv": -self._distance(s_out, t_out) if c.adv else None,
                 "balance": self._imbalance(t_out) if c.balance else None,
                 "act": -self._features.abs().mean() if self._features is not None and c.act else None,
@@ -154,12 +160,14 @@ class VanillaSynthesizer(Synthesizer):
             loss = sum((weights[k] * v for k, v in parts.items() if v is not None), images.new_zeros(()))
             penalty = self.guard.generator_penalty(images, t_out)
             total = loss + penalty
-            if not bool(torch.isfinite(total) & torch.isfinite(images).all()):  # the step's one host sync
-                skipped += 1
+            if not self.processes.all_true(torch.isfinite(total) & torch.isfinite(images).all()):
+                skipped += 1  # the step's one host sync: every process skips it
                 continue
             total.backward()
+            self.processes.average_gradients(self.generator.parameters())
             self.optimizer.step()
             last = {**{k: v for k, v in parts.items() if v is not None}, "penalty": penalty, "total": total}
+        self.processes.average_buffers(self.generator)
         self.skipped += skipped
         return SynthesisResult(images.detach(), loss_terms(last), skipped)
 
@@ -179,7 +187,8 @@ class VanillaSynthesizer(Synthesizer):
         Non-finite samples are dropped and counted. Replayed images keep the
         teacher logits and scores they got when fresh (no teacher forward; the
         teacher is frozen) and are weighted together with the fresh ones; the
-        fresh ones then join the pool.
+        fresh ones then join the pool. Under several processes each one
+        generates, labels and scores its rows; the guard sees the gathered batch.
 
         G stays in train mode (batch statistics in its BatchNorm), as in DFAD and
         DFQ: its running statistics lag a generator trained at a high learning
@@ -188,17 +197,18 @@ class VanillaSynthesizer(Synthesizer):
         """
         with torch.no_grad():
             images = self._images(self.config.batch_size)
+        self.processes.average_buffers(self.generator)
+        images = self.processes.gather(images)
         finite = torch.isfinite(images).flatten(1).all(dim=1)
         if not finite.all():
             self.skipped += int((~finite).sum())
             images = images[finite]
             if images.shape[0] == 0:
                 raise RuntimeError("the generator produced only non-finite images; lower generator_lr")
+        logits, scores = self.labelled(images)
         if not self.config.replay:
-            return self.guarded_batch(images)
-        with torch.no_grad():
-            logits = self.teacher(images)
-        scores = self.guard.observe(images, logits)
+            return self.guard.student_batch(images, logits, scores)
+        scores = self.guard.observe(images, logits, scores)
         fresh_images, fresh_logits, fresh_scores = images, logits, scores
         if len(self.pool):
             old_images, old_scores, old_logits = self.pool.sample(self.config.replay, self.device)

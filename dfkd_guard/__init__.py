@@ -4,6 +4,7 @@ The public API::
 
     from dfkd_guard import Guard, GuardConfig, GuardedBatch
     from dfkd_guard import hookimpl, scorer, weighting, penalty   # writing plugins
+    from dfkd_guard import Processes                              # sharded synthesis under torchrun
 
 See :mod:`dfkd_guard.guard` for a DFKD loop with the guard and
 :mod:`dfkd_guard.hookspecs` for the plugin contract.
@@ -18,6 +19,7 @@ from dfkd_guard.hookspecs import hookimpl, hookspec
 from dfkd_guard.logits_of import LogitsOf
 from dfkd_guard.normalization import Normalization
 from dfkd_guard.plugins import PluginRegistry
+from dfkd_guard.processes import Processes
 from dfkd_guard.sample_weights import SampleWeights
 
 __version__ = "0.4.0"
@@ -38,6 +40,7 @@ __all__ = [
     "PenaltyChoice",
     "PluginError",
     "PluginRegistry",
+    "Processes",
     "SampleWeights",
     "__version__",
     "hookimpl",

@@ -11,7 +11,8 @@ A :class:`BNRecorder` keeps those inputs (one forward hook per layer, public
 with ``mu_batch`` and ``var_batch`` the per-channel mean and biased variance of
 the layer's input over the batch and spatial positions. The guard owns one
 recorder per teacher (:meth:`dfkd_guard.Guard.bn_loss`), so one teacher forward
-serves the synthesis loss and the guard's BN prior.
+serves the synthesis loss and the guard's BN prior. Under sharded synthesis
+the moments are those of the whole batch, reduced over the processes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from dfkd_guard.processes import Processes
 
 __all__ = [
     "BNRecorder",
@@ -52,25 +55,54 @@ def layer_moments(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def bn_matching_loss(
-    inputs: Sequence[torch.Tensor], targets: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    inputs: Sequence[torch.Tensor],
+    targets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    processes: Processes | None = None,
 ) -> torch.Tensor:
     """Sum over layers of ``||mu - mean_target||_2 + ||var - var_target||_2``.
 
     :param inputs: per BN layer, its input on a batch, float (B, C, ...), with
         grad to whatever produced the batch.
     :param targets: per BN layer, the ``(mean, var)`` to match, each (C,).
+    :param processes: when several, ``inputs`` are this process's rows and the
+        moments are those of every process's rows together (differentiable
+        all-reduces); the loss is then the same on every process.
     :returns: scalar tensor with grad to ``inputs``.
     """
     if len(inputs) != len(targets):
         raise ValueError(f"got inputs of {len(inputs)} BN layers and targets for {len(targets)}")
-    losses = []
-    for x, (mean_target, var_target) in zip(inputs, targets):
-        x = x.float()  # statistics in float32, also under autocast
-        dims = [0, *range(2, x.ndim)]
-        mean = x.mean(dim=dims)
-        var = x.var(dim=dims, unbiased=False)
-        losses.append(torch.norm(mean - mean_target, 2) + torch.norm(var - var_target, 2))
+    inputs = [x.float() for x in inputs]  # statistics in float32, also under autocast
+    if processes is None or processes.world == 1:
+        moments = [_moments(x) for x in inputs]
+    else:
+        moments = _moments_over(inputs, processes)
+    losses = [
+        torch.norm(mean - mean_target, 2) + torch.norm(var - var_target, 2)
+        for (mean, var), (mean_target, var_target) in zip(moments, targets)
+    ]
     return torch.stack(losses).sum()
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of (B, C, ...) over the batch and positions, each (C,)."""
+    dims = [0, *range(2, x.ndim)]
+    return x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+
+
+def _moments_over(
+    inputs: Sequence[torch.Tensor], processes: Processes
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`_moments` of every layer over the rows of all processes: two passes (mean, then the
+    squared deviations from it), each one all-reduce of every layer's channels together."""
+    dims = [[0, *range(2, x.ndim)] for x in inputs]
+    widths = [x.shape[1] for x in inputs]
+    counts = torch.tensor([x.numel() / x.shape[1] for x in inputs], device=inputs[0].device)
+    counts = processes.sum(counts)
+    per_channel = torch.cat([c.expand(w) for c, w in zip(counts, widths)])
+    means = processes.sum(torch.cat([x.sum(dim=d) for x, d in zip(inputs, dims)])) / per_channel
+    centred = [x - m.view(1, -1, *[1] * (x.ndim - 2)) for x, m in zip(inputs, means.split(widths))]
+    variances = processes.sum(torch.cat([(c * c).sum(dim=d) for c, d in zip(centred, dims)])) / per_channel
+    return list(zip(means.split(widths), variances.split(widths)))
 
 
 #: The live recorders of each teacher, so that one guard's scoring pauses every guard's record.

@@ -52,6 +52,7 @@ from dfkd_guard.errors import PluginError
 from dfkd_guard.guarded_batch import GuardedBatch
 from dfkd_guard.inputs import check_images, check_logits, check_scores, check_usable, teacher_logits
 from dfkd_guard.plugins import PluginRegistry
+from dfkd_guard.processes import Processes
 from dfkd_guard.sample_weights import SampleWeights
 from dfkd_guard.teacher_twin import TeacherTwin
 from dfkd_guard.trap_memory import TrapMemory
@@ -190,12 +191,15 @@ class Guard:
         """
         return self._require_bn().recorded()
 
-    def bn_loss(self) -> torch.Tensor:
+    def bn_loss(self, processes: Processes | None = None) -> torch.Tensor:
         """BN-statistics matching loss of the teacher's last forward against :meth:`bn_targets`.
 
         ``sum_l ||mu_l - mean_l||_2 + ||var_l - var_l*||_2`` over the teacher's
         BN layers (:func:`dfkd_guard.bn_statistics.bn_matching_loss`): the
         DeepInversion / DFQ / CMI BN term, with the guard's targets.
+
+        :param processes: under sharded synthesis, the processes whose forwards
+            together make the batch (``mu_l``, ``var_l`` of all their rows).
 
         :returns: scalar tensor with grad to the images of that forward.
         :raises ValueError: the teacher has no BatchNorm layer or is in train mode.
@@ -203,7 +207,7 @@ class Guard:
         """
         recorder = self._require_bn()
         self._require_eval()
-        return bn_matching_loss(recorder.recorded(), self.bn_targets())
+        return bn_matching_loss(recorder.recorded(), self.bn_targets(), processes)
 
     def generator_penalty(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted sum of the configured generator penalties.

@@ -216,7 +216,7 @@ def test_a_bad_distill_config_is_one_line_naming_it(
     assert "Traceback" not in error
 
 
-# -- torchrun: data-parallel student steps --------------------------------------------------------
+# -- torchrun: sharded synthesis, data-parallel student steps --------------------------------------------------------
 
 
 def torchrun(config: Path, output: Path, processes: int = 2, **popen: object) -> subprocess.Popen:
@@ -266,8 +266,19 @@ def test_two_processes_hold_one_student_and_one_verdict(example: Path, parallel_
     assert summary["verdicts"] == ["ordinary", "ordinary"]
 
 
+@pytest.mark.parametrize("method", ["deepinversion", "cmi"])
+def test_pooled_methods_shard_synthesis_and_hold_one_student(example: Path, method: str) -> None:
+    """Each process optimises half of every round's images; the gathered pools keep the students identical."""
+    config = write_config(example, method, iterations=3)
+    out = finished(torchrun(config, example / f"two-{method}"))
+    summary = json.loads((example / f"two-{method}" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["students_identical"] is True, out
+    assert len(set(summary["verdicts"])) == 1
+
+
 def test_two_processes_match_one_with_the_same_global_batch(example: Path, parallel_config: Path) -> None:
-    """Equal up to BatchNorm's statistics: each process normalises its half of the batch with its own."""
+    """Equal up to what each process computes on its rows alone: the student's and the generator's BatchNorm
+    statistics and the class-balance term."""
     if not (example / "two" / "student.pt").exists():
         finished(torchrun(parallel_config, example / "two"))
     finished(torchrun(parallel_config, example / "one", processes=1))

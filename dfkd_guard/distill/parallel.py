@@ -1,22 +1,20 @@
-"""Data-parallel distillation over the processes ``torchrun`` starts: replicated synthesis, sharded student steps.
+"""Data-parallel distillation over the processes ``torchrun`` starts: sharded synthesis, sharded student steps.
 
-Every process runs the same synthesis from the same seed, so the generator,
-the image pools, the guard's BN prior, its verdict and its trap memory are the
-same on every process without any communication, and a checkpoint written
-by the first process resumes on any number of processes. Each student step
-trains the process's share of the guarded batch (every ``world``-th sample,
-:meth:`~dfkd_guard.GuardedBatch.shard`) through
-``DistributedDataParallel``, which averages the gradients, so the students
-stay identical; their BatchNorm running statistics are averaged over the
-processes after every step. The parallel part is the student's forward and backward;
-synthesis is not split (docs/distill.md says why).
+Each process synthesises its rows of every batch (the adapters take a
+:class:`~dfkd_guard.processes.Processes`); what a round produced is gathered
+in rank order, so the pools, the guard's BN prior, its verdict and its trap
+memory are the same on every process, and a checkpoint written by the first
+process resumes on any number of processes. Each student step trains the
+process's share of the guarded batch (every ``world``-th sample,
+:meth:`~dfkd_guard.GuardedBatch.shard`) through ``DistributedDataParallel``,
+which averages the gradients, so the students stay identical; their BatchNorm
+running statistics are averaged over the processes after every step.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -25,23 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dfkd_guard import GuardedBatch
 from dfkd_guard.adapters.base import student_step
+from dfkd_guard.processes import Processes
 from dfkd_guard.serialization import plain_digest
 
-__all__ = ["Processes", "digest", "gathered", "start", "student_steps"]
-
-
-@dataclass(frozen=True)
-class Processes:
-    """This process's place in the run: ``rank`` of ``world``, and its GPU index on the node."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def first(self) -> bool:
-        """True for the process that writes the checkpoint, the logs and the outputs."""
-        return self.rank == 0
+__all__ = ["digest", "gathered", "start", "student_steps"]
 
 
 def start(device: torch.device) -> tuple[Processes, torch.device]:
@@ -51,16 +36,14 @@ def start(device: torch.device) -> tuple[Processes, torch.device]:
 
     :returns: this process's place and the device it runs on.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Processes(), device
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Processes(dist.get_rank(), dist.get_world_size(), local_rank), device
+    return Processes.current(), device
 
 
 def student_steps(
@@ -71,13 +54,9 @@ def student_steps(
         student, device_ids=[processes.local_rank] if next(student.parameters()).is_cuda else None
     )
 
-    buffers = [b for b in student.buffers() if b.is_floating_point()]
-
     def step(batch: GuardedBatch) -> dict[str, float]:
         metrics = student_step(parallel, optimizer, batch.shard(processes.rank, processes.world))
-        for buffer in buffers:  # BatchNorm running statistics: the mean over the shards, the same everywhere
-            dist.all_reduce(buffer)
-            buffer.div_(processes.world)
+        processes.average_buffers(student)  # BatchNorm running statistics: the mean over the shards
         return metrics
 
     return step

@@ -34,10 +34,11 @@ from dfkd_guard.adapters.training import TrainResult, train
 from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
 from dfkd_guard.distill.config import DistillConfig, EvaluationSpec
 from dfkd_guard.distill.models import ModelSpec, build_model
-from dfkd_guard.distill.parallel import Processes, digest, gathered, start, student_steps
+from dfkd_guard.distill.parallel import digest, gathered, start, student_steps
 from dfkd_guard.distill.run_log import RunLog
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.imports import import_named
+from dfkd_guard.processes import Processes
 from dfkd_guard.serialization import save_weights_atomic, write_json_atomic
 
 __all__ = ["DistillResult", "distill", "load_evaluation"]
@@ -78,7 +79,7 @@ def distill(
     checkpoint = output / "checkpoint.ckpt"
     processes, device = start(config.torch_device())
     _check_divisible(config, processes)
-    _seed(config.seed)  # the same on every process: synthesis is replicated (dfkd_guard.distill.parallel)
+    _seed(config.seed)  # the same on every process: each draws whole batches and keeps its rows
     teacher = build_model(config.teacher, "teacher", base_dir).to(device).eval()
     student = build_model(config.student, "student", base_dir).to(device)
     evaluation = None
@@ -89,7 +90,7 @@ def distill(
     guard = Guard(config.guard_config(), teacher, plugins=[log] if log is not None else [])
     if log is not None:
         log.watch(guard)
-    synthesizer = _synthesizer(config, teacher, student, guard, base_dir, device)
+    synthesizer = _synthesizer(config, teacher, student, guard, base_dir, device, processes)
     optimizer, scheduler = config.optimizer.build(student.parameters(), config.iterations)
     update = student_steps(student, optimizer, processes) if processes.world > 1 else None
     evaluate = None
@@ -178,15 +179,21 @@ def _synthesizer(
     guard: Guard,
     base_dir: Path,
     device: torch.device,
+    processes: Processes,
 ) -> Synthesizer:
     adapter = config.adapter_config()
     shape = config.images.shape
     if isinstance(adapter, DeepInversionConfig):
-        return DeepInversionSynthesizer(teacher, student, guard, adapter, shape, device)
+        return DeepInversionSynthesizer(teacher, student, guard, adapter, shape, device, processes=processes)
     generator = build_model(_generator_spec(config), "generator", base_dir).to(device)
+    latent_dim = config.latent_dim
     if isinstance(adapter, CMIConfig):
-        return CMISynthesizer(teacher, student, generator, config.latent_dim, guard, adapter, shape, device)
-    return VanillaSynthesizer(teacher, student, generator, config.latent_dim, guard, adapter, shape, device)
+        return CMISynthesizer(
+            teacher, student, generator, latent_dim, guard, adapter, shape, device, processes=processes
+        )
+    return VanillaSynthesizer(
+        teacher, student, generator, latent_dim, guard, adapter, shape, device, processes=processes
+    )
 
 
 def load_evaluation(spec: EvaluationSpec, base_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
