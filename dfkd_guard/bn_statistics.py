@@ -97,9 +97,11 @@ def _moments_over(
     dims = [[0, *range(2, x.ndim)] for x in inputs]
     widths = [x.shape[1] for x in inputs]
     counts = torch.tensor([x.numel() / x.shape[1] for x in inputs], device=inputs[0].device)
-    counts = processes.sum(counts)
+    sums = torch.cat([x.sum(dim=d) for x, d in zip(inputs, dims)])
+    reduced = processes.sum(torch.cat([sums, counts]))  # the counts ride along: one all-reduce
+    counts = reduced[sums.shape[0] :].detach()
     per_channel = torch.cat([c.expand(w) for c, w in zip(counts, widths)])
-    means = processes.sum(torch.cat([x.sum(dim=d) for x, d in zip(inputs, dims)])) / per_channel
+    means = reduced[: sums.shape[0]] / per_channel
     centred = [x - m.view(1, -1, *[1] * (x.ndim - 2)) for x, m in zip(inputs, means.split(widths))]
     variances = processes.sum(torch.cat([(c * c).sum(dim=d) for c, d in zip(centred, dims)])) / per_channel
     return list(zip(means.split(widths), variances.split(widths)))

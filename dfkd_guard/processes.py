@@ -85,31 +85,36 @@ class Processes:
         process's ``tensor`` is the sum of the gradients every process's result received."""
         if self.world == 1:
             return tensor
-        from torch.distributed.nn.functional import all_reduce  # imports autograd-aware collectives
-
-        return all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return _SumOverProcesses.apply(tensor)
 
     def average_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
-        """Replace each gradient by its mean over the processes, as DDP does.
+        """Replace each gradient by its mean over the processes, as DDP does (one all-reduce of them all).
 
         The same parameters must have a gradient on every process (those without one are left alone).
         """
         if self.world == 1:
             return
-        for parameter in parameters:
-            if parameter.grad is None:
-                continue
-            dist.all_reduce(parameter.grad)
-            parameter.grad.div_(self.world)
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        for grad, mean in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(mean.view_as(grad))
 
     def average_buffers(self, module: nn.Module) -> None:
         """Replace each floating-point buffer (BatchNorm running statistics) by its mean over the processes."""
         if self.world == 1:
             return
-        for buffer in module.buffers():
-            if buffer.is_floating_point():
-                dist.all_reduce(buffer)
-                buffer.div_(self.world)
+        buffers = [b for b in module.buffers() if b.is_floating_point()]
+        if not buffers:
+            return
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        for buffer, mean in zip(buffers, flat.split([b.numel() for b in buffers])):
+            buffer.copy_(mean.view_as(buffer))
 
     @classmethod
     def current(cls) -> Processes:
@@ -118,3 +123,19 @@ class Processes:
             return cls()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         return cls(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
