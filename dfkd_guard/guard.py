@@ -114,6 +114,18 @@ class Guard:
         self.trap_memory: TrapMemory | None = (
             TrapMemory(config.forget.memory) if self.bn_prior is not None and config.forget.memory else None
         )
+        if (
+            config.enabled
+            and not layers
+            and self.resolved.weighting.name == "none"
+            and not self.resolved.penalties
+        ):
+            logger.warning(
+                "dfkd_guard: the teacher (%s) has no BatchNorm layer with running statistics, so there is no BN "
+                "prior to judge or correct it, and with weighting 'none' and no generator penalty this guard "
+                "changes nothing; to filter by OOD scores, configure a weighting (e.g. weighting.name = 'split')",
+                type(teacher).__name__,
+            )
         if config.enabled and config.normalization.is_identity:
             logger.info(
                 "dfkd_guard: normalization is the identity, so the guard takes the teacher's inputs as [0, 1] "

@@ -233,3 +233,16 @@ def test_demix_off_or_guard_off_has_no_prior() -> None:
     assert Guard(GuardConfig(bn_prior={"demix": False}), teacher, load_entrypoints=False).bn_prior is None
     assert Guard(GuardConfig(enabled=False), teacher, load_entrypoints=False).bn_prior is None
     assert Guard(GuardConfig(), nn.Linear(3, 2), load_entrypoints=False).bn_prior is None  # no BatchNorm
+
+
+def test_a_guard_that_can_change_nothing_on_a_teacher_without_batchnorm_says_so(caplog) -> None:
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
+    with caplog.at_level(logging.WARNING, logger="dfkd_guard"):
+        Guard(GuardConfig(), plain, load_entrypoints=False)
+    assert "(Sequential) has no BatchNorm layer" in caplog.text and "changes nothing" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dfkd_guard"):
+        Guard(GuardConfig(weighting={"name": "split"}), plain, load_entrypoints=False)
+        Guard(GuardConfig(enabled=False), plain, load_entrypoints=False)
+        Guard(GuardConfig(), TwoLayer(0.5), load_entrypoints=False)
+    assert "BatchNorm" not in caplog.text
