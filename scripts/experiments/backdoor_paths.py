@@ -21,7 +21,9 @@ the teacher's answer most (KL), for every image or for the 20% it moves most.
 Each student's IAcc and ASR - clean on the real test data tells which samples
 carry the backdoor and whether relabelling unteaches it.
 
-    python scripts/experiments/backdoor_paths.py --out /tmp/backdoor-paths --iterations 2000
+    python scripts/experiments/backdoor_paths.py --out /tmp/backdoor-paths
+    python scripts/experiments/backdoor_paths.py --out /tmp/backdoor-paths-board --target-class 3 \
+        --trigger '{"name": "checkerboard", "params": {"size": 8, "cell": 2, "position": "top_left"}}'
 
 Not part of the library: the bench (``dfkd-guard bench``) is the reference.
 """
@@ -47,6 +49,7 @@ from dfkd_guard.bench.runner import (
     prediction_metrics,
     row_guard,
 )
+from dfkd_guard.bench.settings import SettingSpec
 from dfkd_guard.losses import kd_divergence
 
 SETTING = "backdoor"
@@ -199,10 +202,16 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4, help="side of the per-image windows, pixels")
     parser.add_argument("--search-images", type=int, default=4096, help="images the population search reads")
     parser.add_argument("--teacher", choices=["ntl_backdoor", "sl"], default="ntl_backdoor")
+    parser.add_argument(
+        "--trigger", type=json.loads, help='the trigger as JSON, e.g. {"name": "checkerboard"}'
+    )
+    parser.add_argument("--target-class", type=int, help="the backdoor's target class (default 0)")
     parser.add_argument("--teachers", type=Path, help="teacher cache (default: OUT/teachers)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = BenchConfig(teacher_cache_dir=str(args.teachers or args.out / "teachers"))
+    backdoor = SettingSpec(trigger=args.trigger, target_class=args.target_class)
+    settings = {**BenchConfig().settings, SETTING: backdoor}
+    config = BenchConfig(teacher_cache_dir=str(args.teachers or args.out / "teachers"), settings=settings)
     ctx = _Context(config, args.out, print)
     spec = RunSpec(SETTING, "vanilla", "ntl" if args.teacher == "ntl_backdoor" else "sl", args.seed)
     teacher = ctx.teacher(SETTING, args.teacher)
