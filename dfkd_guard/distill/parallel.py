@@ -14,7 +14,8 @@ running statistics are averaged over the processes after every step.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -26,24 +27,37 @@ from dfkd_guard.adapters.base import student_step
 from dfkd_guard.processes import Processes
 from dfkd_guard.serialization import plain_digest
 
-__all__ = ["digest", "gathered", "start", "student_steps"]
+__all__ = ["digest", "gathered", "joined", "student_steps"]
 
 
-def start(device: torch.device) -> tuple[Processes, torch.device]:
+@contextmanager
+def joined(device: torch.device) -> Iterator[tuple[Processes, torch.device]]:
     """Join the process group ``torchrun`` describes (environment ``WORLD_SIZE`` > 1), or run alone.
 
-    gloo on the CPU, nccl on CUDA, where each process takes the GPU of its ``LOCAL_RANK``.
+    gloo on the CPU, nccl on CUDA, where each process takes the GPU of its ``LOCAL_RANK``. A group joined
+    here is left on exit, after every process got there: a process that exits with its group alive can
+    abort in the group's threads while another still talks to it. A group the caller set up is kept.
 
     :returns: this process's place and the device it runs on.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return Processes(), device
+        yield Processes(), device
+        return
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Processes.current(), device
+    if dist.is_initialized():
+        yield Processes.current(), device
+        return
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    failed = True
+    try:
+        yield Processes.current(), device
+        failed = False
+    finally:
+        if not failed:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def student_steps(

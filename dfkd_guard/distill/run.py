@@ -34,7 +34,7 @@ from dfkd_guard.adapters.training import TrainResult, train
 from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
 from dfkd_guard.distill.config import DistillConfig, EvaluationSpec
 from dfkd_guard.distill.models import ModelSpec, build_model
-from dfkd_guard.distill.parallel import digest, gathered, start, student_steps
+from dfkd_guard.distill.parallel import digest, gathered, joined, student_steps
 from dfkd_guard.distill.run_log import RunLog
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.imports import import_named
@@ -76,8 +76,21 @@ def distill(
     """
     output = output if output is not None else Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
+    with joined(config.torch_device()) as (processes, device):
+        return _distill(config, base_dir, output, extend, progress, processes, device)
+
+
+def _distill(
+    config: DistillConfig,
+    base_dir: Path,
+    output: Path,
+    extend: bool,
+    progress: TextIO | bool,
+    processes: Processes,
+    device: torch.device,
+) -> DistillResult:
+    """:func:`distill` inside the process group."""
     checkpoint = output / "checkpoint.ckpt"
-    processes, device = start(config.torch_device())
     _check_divisible(config, processes)
     _seed(config.seed)  # the same on every process: each draws whole batches and keeps its rows
     teacher = build_model(config.teacher, "teacher", base_dir).to(device).eval()
