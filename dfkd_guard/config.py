@@ -34,6 +34,9 @@ In TOML::
     [bn_prior]
     demix = true
     warmup_batches = 100
+
+    [trigger_window]
+    threshold = 4.0
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from pydantic import (
 from dfkd_guard.bn_prior import BNPriorConfig
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.normalization import Normalization
+from dfkd_guard.trigger_window import TriggerWindowConfig
 
 if TYPE_CHECKING:
     from dfkd_guard.components import Component, ComponentKind
@@ -217,6 +221,10 @@ class GuardConfig(FileConfig):
     )
     normalization: Normalization = Field(
         default_factory=Normalization, description="how [0,1] pixels are normalised for the teacher"
+    )
+    trigger_window: TriggerWindowConfig = Field(
+        default_factory=TriggerWindowConfig,
+        description="search synthetic images for a patch trigger and label the student without it",
     )
 
     def resolve(

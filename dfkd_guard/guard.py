@@ -56,6 +56,7 @@ from dfkd_guard.processes import Processes
 from dfkd_guard.sample_weights import SampleWeights
 from dfkd_guard.teacher_twin import TeacherTwin
 from dfkd_guard.trap_memory import TrapMemory
+from dfkd_guard.trigger_window import TriggerWindow, TriggerWindowSearch
 from dfkd_guard.weightings import ood_mask
 
 __all__ = ["Guard"]
@@ -114,6 +115,12 @@ class Guard:
         self.trap_memory: TrapMemory | None = (
             TrapMemory(config.forget.memory) if self.bn_prior is not None and config.forget.memory else None
         )
+        #: the patch-trigger search and relabelling; None when disabled.
+        self.trigger_search: TriggerWindowSearch | None = (
+            TriggerWindowSearch(config.trigger_window, config.normalization)
+            if config.enabled and config.trigger_window.enabled
+            else None
+        )
         if (
             config.enabled
             and not layers
@@ -123,7 +130,7 @@ class Guard:
             logger.warning(
                 "dfkd_guard: the teacher (%s) has no BatchNorm layer with running statistics, so there is no BN "
                 "prior to judge or correct it, and with weighting 'none' and no generator penalty this guard "
-                "changes nothing; to filter by OOD scores, configure a weighting (e.g. weighting.name = 'split')",
+                "changes nothing against the OOD trap (it only searches for a patch trigger); to filter by OOD scores, configure a weighting (e.g. weighting.name = 'split')",
                 type(teacher).__name__,
             )
         if config.enabled and config.normalization.is_identity:
@@ -143,7 +150,8 @@ class Guard:
             f"forget={self.config.forget.kind}*{self.config.forget.weight:g}"
             f"{f' (trap memory {len(memory)}/{memory.capacity})' if memory is not None else ''}, "
             f"tau={self.config.kd_temperature:g}, normalization={self.config.normalization!r}, "
-            f"bn_prior={self.bn_prior.verdict if self.bn_prior is not None else 'off'})"
+            f"bn_prior={self.bn_prior.verdict if self.bn_prior is not None else 'off'}, "
+            f"trigger_window={self._trigger_state()})"
         )
 
     def __enter__(self) -> Guard:
@@ -163,6 +171,11 @@ class Guard:
     def enabled(self) -> bool:
         """False when the config turns the guard off: every sample kept, no penalty, running BN targets."""
         return self.config.enabled
+
+    @property
+    def trigger(self) -> TriggerWindow | None:
+        """The patch-trigger window the guard found on synthetic images (student batches are labelled without it), or None."""
+        return self.trigger_search.found if self.trigger_search is not None else None
 
     @property
     def scores_needed(self) -> bool:
@@ -368,6 +381,7 @@ class Guard:
         return {
             "bn_prior": self.bn_prior.state_dict() if self.bn_prior is not None else None,
             "trap_memory": self.trap_memory.state_dict() if self.trap_memory is not None else None,
+            "trigger_window": self.trigger_search.state_dict() if self.trigger_search is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -376,8 +390,12 @@ class Guard:
             raise ValueError("guard state was saved with a different bn_prior setting")
         if (state["trap_memory"] is None) != (self.trap_memory is None):
             raise ValueError("guard state was saved with a different forget.memory setting")
+        if (state.get("trigger_window") is None) != (self.trigger_search is None):
+            raise ValueError("guard state was saved with a different trigger_window setting")
         if self.bn_prior is not None:
             self.bn_prior.load_state_dict(state["bn_prior"])
+        if self.trigger_search is not None:
+            self.trigger_search.load_state_dict(state["trigger_window"])
         if self.trap_memory is not None:
             self.trap_memory.load_state_dict(state["trap_memory"])
 
@@ -475,7 +493,12 @@ class Guard:
                 probe.remove()
 
     def _observe(self, images: torch.Tensor, scores: torch.Tensor) -> None:
-        """Add a checked batch and its completed scores to the BN prior's warm-up (and the trap memory)."""
+        """Add a checked batch and its completed scores to the BN prior's warm-up (and the trap memory), and
+        its first rows to the trigger search."""
+        search = self.trigger_search
+        if search is not None and search.collecting:
+            with self._own_forwards() as teacher:
+                search.collect(self._as_teacher_input(images.detach()), teacher)
         prior = self.bn_prior
         if prior is not None and prior.observing:
             self._require_eval()
@@ -539,6 +562,11 @@ class Guard:
     def _batch(
         self, images: torch.Tensor, logits: torch.Tensor, scores: torch.Tensor, weights: SampleWeights
     ) -> GuardedBatch:
+        if self.trigger_search is not None and self.trigger_search.found is not None:
+            with self._own_forwards() as teacher:
+                logits = self.trigger_search.relabel(self._as_teacher_input(images), logits, teacher).to(
+                    logits
+                )
         recalled = self._recall()
         if recalled is not None:
             count = recalled.shape[0]
@@ -579,6 +607,18 @@ class Guard:
         if not torch.isfinite(scores).all():
             raise PluginError(plugin, where, "returned NaN or Inf scores")
         return scores.detach().float()
+
+    def _trigger_state(self) -> str:
+        search = self.trigger_search
+        if search is None:
+            return "off"
+        if search.collecting:
+            return "collecting"
+        found = search.found
+        if found is None:
+            return "none found"
+        top, left, bottom, right = found.mask
+        return f"class {found.label}, rows {top}:{bottom}, columns {left}:{right} blacked out"
 
 
 def _params(params: Any) -> str:

@@ -63,6 +63,7 @@ where a phase has no iteration. ``workers`` is how many runs trained at once.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -894,6 +895,7 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
                     if guard.bn_prior is not None
                     else None
                 ),
+                "trigger_window": _trigger_record(guard),
                 "probe_train_accuracy": probes[spec.setting].train_accuracy,
                 "disagreement_subset": _disagreement_subset(tests[spec.setting][3]),
                 "synthetic_scores": {"scorer": config.guard.scorer.name, "values": synthetic_scores},
@@ -903,6 +905,14 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
             }
         )
     return records
+
+
+def _trigger_record(guard: Guard) -> dict[str, Any] | None:
+    """The trigger search's best window and whether it counted as a trigger; None if it never searched."""
+    search = guard.trigger_search
+    if search is None or search.best is None:
+        return None
+    return {**dataclasses.asdict(search.best), "found": search.found is not None}
 
 
 def _disagreement_subset(labels: EvalLabels) -> dict[str, int] | None:
