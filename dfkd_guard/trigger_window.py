@@ -104,7 +104,7 @@ class TriggerWindowConfig(BaseModel):
         gt=1.0,
         le=1e6,
         description="a window is a trigger when its class-specific drop is at least this many times the best "
-        "window's apart from it (measured: patch-backdoored teachers 6.6-17, ordinary and NTL-domain ones 1.1-2.5)",
+        "window's apart from it (measured: backdoored teachers 6.6-14, ordinary and NTL-domain ones 1.2-2.0)",
     )
     min_drop: StrictFloat = Field(
         default=0.05,

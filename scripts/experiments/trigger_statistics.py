@@ -7,7 +7,9 @@ search's best window is printed: side, class, class-specific drop, its ratio
 to the best window apart from it, the mask, and whether it counts as a
 trigger. Then the same search on real test digits, a fifth of them with the
 backdoor setting's trigger (a generator that draws clean digits on black
-backgrounds), with the backdoor and the SL teacher.
+backgrounds), with the backdoor and the SL teacher. The backdoor teachers:
+the bench's (a 3x3 white patch at the bottom right, class 0) and a
+checkerboard at the top left sending to class 3.
 
     python scripts/experiments/trigger_statistics.py --out OUT [--teachers CACHE] [--seed 0]
 
@@ -27,10 +29,19 @@ from dfkd_guard.adapters.training import train
 from dfkd_guard.bench.config import BenchConfig
 from dfkd_guard.bench.models import build_network
 from dfkd_guard.bench.runner import RunSpec, _Context, _synthesizer, dfkd_seed
+from dfkd_guard.bench.settings import SettingSpec
 from dfkd_guard.trigger_window import TriggerWindowConfig, TriggerWindowSearch
 
+#: A second trigger family: a checkerboard at the top left, sending to class 3 (the bench's backdoor setting
+#: otherwise).
+BOARD = SettingSpec(
+    setting="backdoor",
+    trigger={"name": "checkerboard", "params": {"size": 8, "cell": 2, "position": "top_left"}},
+    target_class=3,
+)
 TEACHERS = [
     ("backdoor", "ntl_backdoor", "ntl"),
+    ("board", "ntl_backdoor", "ntl"),
     ("backdoor", "sl", "sl"),
     ("mnist_m", "ntl", "ntl"),
     ("rotated_mnist", "ntl", "ntl"),
@@ -97,7 +108,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = BenchConfig(teacher_cache_dir=str(args.teachers or args.out / "teachers"))
+    config = BenchConfig(
+        teacher_cache_dir=str(args.teachers or args.out / "teachers"),
+        settings={**BenchConfig().settings, "board": BOARD},
+        adapters={**BenchConfig().adapters, "board": ("vanilla",)},
+    )
     ctx = _Context(config, args.out, print)
     results = {}
     for setting, kind, row in TEACHERS:
