@@ -488,11 +488,12 @@ def test_an_entry_point_distribution_registers_its_components(
 
 
 def test_the_runs_of_the_default_config_keep_their_ids() -> None:
-    """The ids version 0.5 gives these runs (bench code version 6, the DeepInversion and CMI recipes of 0.5):
+    """The ids version 0.5 gives these runs (bench code version 6, the DeepInversion and CMI recipes of 0.5,
+    guarded runs with the trigger window):
     a change that moves one reruns stored runs, so it must be deliberate (bump ``CODE_VERSION``, update here)."""
     config = BenchConfig()
     expected = [
-        "backdoor-vanilla-ntl_guard-seed0-296d33ac3abf",
+        "backdoor-vanilla-ntl_guard-seed0-5f10bc46baf2",
         "mnist_m-cmi-sl-seed2-fdadce7f6a12",
         "fashion-vanilla-ntl-seed1-0f028b9629c2",
         "rotated_mnist-vanilla-ntl_oracle-seed0-4371df9ea7bb",
