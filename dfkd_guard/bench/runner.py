@@ -63,12 +63,14 @@ where a phase has no iteration. ``workers`` is how many runs trained at once.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime
 import hashlib
 import json
 import math
 import multiprocessing
+import signal
 import statistics
 import sys
 import time
@@ -1005,10 +1007,23 @@ def run_bench(
     return summary
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 _WORKER: dict[str, Any] = {}
 
 
+def die_with_parent() -> None:
+    """On Linux, have this process get SIGTERM when the process that started it dies, however it dies.
+
+    A worker whose bench process was killed would otherwise go on training, unseen, on the same cores
+    (it cannot store its run: the bench process writes the records).
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _start_worker(config: dict[str, Any], out: str, train_progress: bool, workers: int) -> None:
+    die_with_parent()
     torch.set_num_threads(1)
     _WORKER["context"] = _Context(BenchConfig.from_mapping(config), Path(out), lambda message: None, workers)
     _WORKER["stream"] = sys.stderr if train_progress else None
