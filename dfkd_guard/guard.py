@@ -130,7 +130,8 @@ class Guard:
             logger.warning(
                 "dfkd_guard: the teacher (%s) has no BatchNorm layer with running statistics, so there is no BN "
                 "prior to judge or correct it, and with weighting 'none' and no generator penalty this guard "
-                "changes nothing against the OOD trap (it only searches for a patch trigger); to filter by OOD scores, configure a weighting (e.g. weighting.name = 'split')",
+                "changes nothing against the OOD trap (it only searches for a patch trigger); to filter by OOD "
+                "scores, configure a weighting (e.g. weighting.name = 'split')",
                 type(teacher).__name__,
             )
         if config.enabled and config.normalization.is_identity:

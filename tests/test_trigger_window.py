@@ -43,11 +43,11 @@ def _images(count: int, seed: int = 1) -> torch.Tensor:
     return images
 
 
-def _search(teacher: nn.Module, images: torch.Tensor, **config) -> TriggerWindowSearch:
-    search = TriggerWindowSearch(
-        TriggerWindowConfig(skip_batches=1, per_batch=64, images=256, **config), Normalization()
-    )
-    for batch in images.split(64):
+def _search(teacher: nn.Module, fed: torch.Tensor, **config) -> TriggerWindowSearch:
+    """The search fed ``fed`` in student batches of 64 (by default: one skipped, 256 images searched)."""
+    settings = {"skip_batches": 1, "per_batch": 64, "images": 256, **config}
+    search = TriggerWindowSearch(TriggerWindowConfig(**settings), Normalization())
+    for batch in fed.split(64):
         search.collect(batch, teacher)
     return search
 
@@ -117,10 +117,9 @@ def backdoor(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _real_search(teacher: nn.Module, images: torch.Tensor) -> TriggerWindowSearch:
-    search = TriggerWindowSearch(TriggerWindowConfig(skip_batches=0, per_batch=64), Normalization())
-    for batch in images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))].split(64):
-        search.collect(batch, teacher)
-    return search
+    """The default number of images, shuffled, none skipped."""
+    shuffled = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))]
+    return _search(teacher, shuffled, skip_batches=0, images=TriggerWindowConfig().images)
 
 
 def test_search_finds_a_real_backdoor_and_masks_its_trigger(backdoor):
