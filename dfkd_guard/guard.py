@@ -179,6 +179,28 @@ class Guard:
         return self.trigger_search.found if self.trigger_search is not None else None
 
     @property
+    def intervened(self) -> bool:
+        """Whether the guard has changed, or from now on changes, anything a disabled guard would return.
+
+        True once the BN prior judged the teacher NTL-like (corrected BN
+        targets, weights, recall), once a trigger was found (relabelled
+        batches), with a generator penalty configured, with a weighting but no
+        BN prior to gate it, or when a subclass supplies its own BN targets.
+        False means every call so far returned what it returns with
+        ``enabled=False``: the loop trained as an unguarded one.
+        """
+        if not self.enabled:
+            return False
+        prior = self.bn_prior
+        return (
+            (prior is not None and prior.correcting)
+            or self.trigger is not None
+            or bool(self.resolved.penalties)
+            or (prior is None and self.resolved.weighting.name != "none")
+            or type(self).bn_targets is not Guard.bn_targets
+        )
+
+    @property
     def scores_needed(self) -> bool:
         """Whether scoring a batch can still change anything.
 

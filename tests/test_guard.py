@@ -382,3 +382,21 @@ def test_observers_get_copies_of_the_guards_tensors(teacher, images) -> None:
     a, b = clean.student_batch(images, logits), vandalised.student_batch(images, logits)
     assert torch.equal(a.scores, b.scores) and torch.equal(a.weights.kd, b.weights.kd)
     assert torch.equal(a.weights.forget, b.weights.forget) and bool(b.weights.kd.gt(0).any())
+
+
+def test_intervened_says_whether_the_guard_changes_anything(teacher, images) -> None:
+    assert not Guard({"enabled": False}, teacher).intervened
+    quiet = Guard({"bn_prior": {"skip_batches": 0, "warmup_batches": 1, "ntl_separation": 100.0}}, teacher)
+    batch = quiet.student_batch(images, teacher(images).detach())
+    assert quiet.bn_prior.verdict == "ordinary" and not quiet.intervened
+    assert torch.equal(batch.weights.kd, torch.ones(len(images)))
+    judged = Guard({"bn_prior": {"skip_batches": 0, "warmup_batches": 1, "ntl_separation": 0.0}}, teacher)
+    judged.student_batch(images, teacher(images).detach())
+    assert judged.bn_prior.verdict == "ntl-like" and judged.intervened  # corrected BN targets
+    assert Guard({"penalties": [{"name": "confidence", "weight": 1.0}]}, teacher).intervened
+
+    class OwnTargets(Guard):
+        def bn_targets(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            return super().bn_targets()
+
+    assert OwnTargets(None, teacher).intervened

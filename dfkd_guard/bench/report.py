@@ -176,15 +176,20 @@ class RowSummary:
         """The CPU models the stored runs (of ``seeds``, default all) ran on."""
         return {_cpu_model(r["machine"]) for r in self.records if seeds is None or r["spec"]["seed"] in seeds}
 
+    def _timed(self) -> list[dict[str, Any]]:
+        """The runs whose timing is their own: not those made from a guarded run's training (``same_training_as``)."""
+        return [r for r in self.records if not r.get("same_training_as")]
+
     def seconds_per_iteration(self) -> list[float]:
-        return [v for r in self.records if (v := r.get("seconds_per_iteration")) is not None]
+        return [v for r in self._timed() if (v := r.get("seconds_per_iteration")) is not None]
 
     def phase_seconds(self, phase: str) -> dict[int, float]:
         """Per seed, the median seconds per iteration of ``phase`` (``warmup``, ``after_verdict``, ``all``;
-        ``seconds_per_iteration_phases`` of :mod:`~dfkd_guard.bench.runner`), in the runs that have it."""
+        ``seconds_per_iteration_phases`` of :mod:`~dfkd_guard.bench.runner`), in the runs that have it
+        and timed their own training."""
         return {
             r["spec"]["seed"]: v
-            for r in self.records
+            for r in self._timed()
             if (v := (r.get("seconds_per_iteration_phases") or {}).get(phase)) is not None
         }
 
@@ -735,6 +740,13 @@ each cell the mean ± sample standard deviation over seeds (the mean alone for o
   † where they ran on different CPU models (see the machines above).
 """
 
+_SHARED_TEXT = """\
+- SL runs made from the SL + guard run's training: the guard never intervened there (its verdict
+  ordinary, no trigger found), so every call it answered returned what a disabled guard returns and
+  that training is the unguarded one, bit for bit; the run records name it (`same_training_as`).
+  Their s/it is the guarded training's, left out of the s/it column and the overhead section.
+"""
+
 _DAGR_TEXT = """\
 - DAgr: OAgr on the disagreement subset alone, the OOD test images on which the SL teacher predicts
   another class than the setting's NTL teacher: near 0 for a student that behaves like the SL
@@ -804,7 +816,8 @@ def _metrics_text(rows: list[RowSummary]) -> str:
         sizes = {record["config"]["adapter_config"]["batch_size"] for record in records}
         trap = _BATCH_TEXT.format(floors=_floors(sizes) or "more than 0.1")
     dagr = _DAGR_TEXT.format(subsets=_disagreement_subsets(rows)) if "dagr" in metrics else ""
-    return _METRICS_TEXT.format(floor=ASR_IACC_FLOOR, dagr=dagr, trap=trap)
+    shared = _SHARED_TEXT if any(record.get("same_training_as") for record in records) else ""
+    return _METRICS_TEXT.format(floor=ASR_IACC_FLOOR, dagr=dagr, trap=trap) + shared
 
 
 _INTERVALS_TEXT = f"""\

@@ -730,13 +730,17 @@ def training_groups(config: BenchConfig) -> list[list[RunSpec]]:
     An SL teacher is trained on the ID data alone, so it, and every student
     distilled from it, is the same in every setting: the runs of an SL row
     with the same adapter and seed share one training, evaluated on each
-    setting's test sets. Every other run is a group of its own.
+    setting's test sets. The SL and SL + guard rows (the default guard, not
+    a variant) of an adapter and seed are one group too: trained once with
+    the guard, and again without it only if the guard intervened
+    (:attr:`~dfkd_guard.Guard.intervened`, see :func:`_train_group`). Every
+    other run is a group of its own.
     """
     groups: dict[tuple[Any, ...], list[RunSpec]] = {}
     for spec in enumerate_runs(config):
         shared = teacher_kind(config, spec.row, spec.setting) == "sl"
         key = (
-            (spec.adapter, spec.row, spec.seed)
+            (spec.adapter, "sl" if spec.row == "sl_guard" else spec.row, spec.seed)
             if shared
             else (spec.setting, spec.adapter, spec.row, spec.seed)
         )
@@ -753,6 +757,34 @@ def _execute(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list
 
 
 def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list[dict[str, Any]]:
+    """One record per run of ``group``, in its order.
+
+    A group of guarded and unguarded runs (SL and SL + guard) trains once
+    with the guard. If the guard never intervened, every call it answered
+    returned what a disabled guard returns, so that training is the
+    unguarded one too (bit for bit: ``tests/bench/test_runner.py`` checks
+    it), and the unguarded runs' records are made from it, naming the
+    guarded run in ``same_training_as``; otherwise the unguarded runs train
+    again, without the guard.
+    """
+    guarded = [spec for spec in group if spec.guarded]
+    unguarded = [spec for spec in group if not spec.guarded]
+    if not guarded or not unguarded:
+        return _train_runs(ctx, group, stream)[0]
+    trained, intervened = _train_runs(ctx, guarded, stream, copies=unguarded)
+    records = dict(zip(guarded, trained))
+    if intervened:
+        records.update(zip(unguarded, _train_runs(ctx, unguarded, stream)[0]))
+    else:
+        records.update(zip(unguarded, trained[len(guarded) :]))
+    return [records[spec] for spec in group]
+
+
+def _train_runs(
+    ctx: _Context, group: list[RunSpec], stream: TextIO | None, copies: Sequence[RunSpec] = ()
+) -> tuple[list[dict[str, Any]], bool]:
+    """Train the runs of ``group`` once: their records, then those of ``copies`` (unguarded runs of a guarded
+    group) from the same training, and whether the guard intervened (then the copies are not to be used)."""
     from dfkd_guard.adapters.training import train
 
     config = ctx.config
@@ -858,8 +890,10 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
             synthetic_scores = _scores(histogram_guard, images).tolist() if len(images) else []
     wall = time.perf_counter() - began
     phases = seconds_per_iteration_phases(result.iteration_seconds, recorder.verdicts)
+    lead = run_id(config, first)
     records = []
-    for spec in group:
+    for spec in [*group, *copies]:
+        copy = not spec.guarded and first.guarded
         prefix = f"{spec.setting}/"
         evaluations = [
             {k[len(prefix) :]: _finite_or_none(v) for k, v in metrics.items() if k.startswith(prefix)}
@@ -885,7 +919,14 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
                 "curves": curves,
                 "final": final_metrics(evaluations),
                 "seconds_per_iteration": _finite_or_none(result.seconds_per_iteration),
-                "seconds_per_iteration_phases": phases,
+                "seconds_per_iteration_phases": (
+                    seconds_per_iteration_phases(
+                        result.iteration_seconds, [None] * len(result.iteration_seconds)
+                    )
+                    if copy
+                    else phases
+                ),
+                "same_training_as": lead if copy else None,
                 "workers": ctx.workers,
                 "skipped_synthesis": result.skipped,
                 "bn_prior": (
@@ -894,10 +935,10 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
                         "separation": guard.bn_prior.separation,
                         "weights": guard.bn_prior.weights,
                     }
-                    if guard.bn_prior is not None
+                    if guard.bn_prior is not None and not copy
                     else None
                 ),
-                "trigger_window": _trigger_record(guard),
+                "trigger_window": None if copy else _trigger_record(guard),
                 "probe_train_accuracy": probes[spec.setting].train_accuracy,
                 "disagreement_subset": _disagreement_subset(tests[spec.setting][3]),
                 "synthetic_scores": {"scorer": config.guard.scorer.name, "values": synthetic_scores},
@@ -906,7 +947,7 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
                 "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
         )
-    return records
+    return records, guard.intervened
 
 
 def _trigger_record(guard: Guard) -> dict[str, Any] | None:
@@ -967,13 +1008,16 @@ def run_bench(
     number = {spec: i for i, spec in enumerate(specs, start=1)}
     pending: list[list[RunSpec]] = []
     for group in training_groups(config):
-        paths = [run_path(config, spec, out) for spec in group]
-        if all(path.exists() for path in paths):
-            for spec, path in zip(group, paths):
+        missing = []
+        for spec in group:
+            path = run_path(config, spec, out)
+            if path.exists():
                 summary.skipped.append(path.stem)
                 say(f"[{number[spec]}/{len(specs)}] {spec.label()}: finished before, skipped")
-        else:
-            pending.append(group)
+            else:
+                missing.append(spec)
+        if missing:
+            pending.append(missing)
     for setting in sorted({spec.setting for group in pending for spec in group}):
         ctx.teacher(
             setting, "sl"

@@ -44,7 +44,7 @@ def test_tiny_bench_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, 
     config = BenchConfig.tiny()
     specs = enumerate_runs(config)
     runs = sorted((out / "runs").glob("*.json"))
-    assert len(runs) == len(specs) == 21  # the oracle row runs for vanilla in the close-set settings only
+    assert len(runs) == len(specs) == 21  # the oracle row runs for vanilla in oracle_settings only
 
     report = (out / "report.md").read_text()
     rows = _table_rows(report)
@@ -365,3 +365,53 @@ def test_runs_store_dagr_pool_diagnostics_on_the_sl_probe_and_phase_timings(tmp_
         runner.run_path(no_replay, RunSpec("rotated_mnist", "vanilla", "ntl", 0), out).read_text()
     )
     assert record["curves"]["pool_images"] == [16.0, 32.0] and record["final"]["pool_ood_share"] == 0.25
+
+
+def _records(out) -> dict[tuple[str, str], dict]:
+    records = (json.loads(p.read_text()) for p in (out / "runs").glob("*.json"))
+    return {(r["spec"]["adapter"], r["spec"]["row"]): r for r in records}
+
+
+def test_sl_rows_train_once_with_an_idle_guard_and_again_once_it_intervened(tmp_path) -> None:
+    from dfkd_guard.bench.config import ADAPTERS
+    from dfkd_guard.bench.runner import run_bench
+
+    # a guard that reaches its verdict and ends its trigger search within the run, and neither acts
+    idle_guard = {
+        "scorer": {"name": "atesc", "params": {"steps": 1}},
+        "bn_prior": {"skip_batches": 0, "warmup_batches": 1, "ntl_separation": 100.0},
+        "trigger_window": {"skip_batches": 0, "per_batch": 8, "images": 16, "threshold": 1e6},
+    }
+    config = BenchConfig.tiny(
+        settings=["rotated_mnist"],
+        adapters={"rotated_mnist": ADAPTERS},
+        rows=["sl", "sl_guard"],
+        budgets={name: {"iterations": 3, "kd_steps": 2, "eval_every": 1} for name in ADAPTERS},
+        guard=idle_guard,
+    )
+    run_bench(config.updated(rows=["sl"]), tmp_path / "alone", progress=False)
+    alone = _records(tmp_path / "alone")
+    summary = run_bench(config, tmp_path / "shared", progress=False)
+    shared = _records(tmp_path / "shared")
+    assert len(summary.ran) == 6
+    for adapter in ADAPTERS:
+        guarded, sl = shared[(adapter, "sl_guard")], shared[(adapter, "sl")]
+        assert guarded["bn_prior"]["verdict"] == "ordinary"
+        assert guarded["trigger_window"] is not None and not guarded["trigger_window"]["found"]
+        assert sl["same_training_as"] == guarded["run_id"] and guarded["same_training_as"] is None
+        assert sl["bn_prior"] is None and sl["trigger_window"] is None and not sl["guarded"]
+        assert sl["seconds_per_iteration_phases"]["warmup"] is None
+        # the idle guard's training is the unguarded one, bit for bit
+        for key in ("curves", "final", "synthetic_scores"):
+            assert sl[key] == alone[(adapter, "sl")][key], (adapter, key)
+        assert sl["run_id"] == alone[(adapter, "sl")]["run_id"]
+
+    # a generator penalty changes synthesis: the SL runs train again, without the guard
+    acting = config.updated(guard={**idle_guard, "penalties": [{"name": "confidence", "weight": 1.0}]})
+    run_bench(acting, tmp_path / "acting", progress=False)
+    retrained = _records(tmp_path / "acting")
+    for adapter in ADAPTERS:
+        sl = retrained[(adapter, "sl")]
+        assert sl["same_training_as"] is None
+        assert sl["curves"] == alone[(adapter, "sl")]["curves"]
+        assert retrained[(adapter, "sl_guard")]["synthetic_scores"] != sl["synthetic_scores"]
