@@ -96,10 +96,12 @@ def row_label(row: str) -> str:
 #: The built-in scorers whose AUROC the report tabulates by default.
 BUILTIN_SCORERS: tuple[str, ...] = ("atesc", "msp", "energy", "entropy", "odin", "bn_deviation")
 
+#: DeepInversion and CMI in one setting, the one with an oracle row: the whole table runs in 90 minutes on 2 cores
+#: (docs/benchmark.md); their backdoor rows are docs/benchmarks/trigger_window_pooled.toml's.
 _DEFAULT_ADAPTERS: dict[str, tuple[str, ...]] = {
     "mnist_m": ADAPTERS,
     "rotated_mnist": ("vanilla",),
-    "backdoor": ADAPTERS,
+    "backdoor": ("vanilla",),
     "fashion": ("vanilla",),
 }
 
@@ -198,8 +200,8 @@ class BenchConfig(FileConfig):
         description="adapters that run the ntl_oracle row (the reference of the guard targets, which concern vanilla)",
     )
     oracle_settings: tuple[SettingId, ...] = Field(
-        default=("mnist_m", "rotated_mnist"),
-        description="settings that run the ntl_oracle row (the close-set ones, where the guard targets are relative to the oracle)",
+        default=("mnist_m",),
+        description="settings that run the ntl_oracle row (the guard targets are relative to the oracle there; default MNIST-M, where the NTL teacher traps DFKD)",
     )
     guard_variants: dict[str, GuardConfig] = Field(
         default_factory=dict,
@@ -435,6 +437,7 @@ class BenchConfig(FileConfig):
         values: dict[str, Any] = {
             "settings": ("rotated_mnist", "backdoor", "fashion"),
             "adapters": {"rotated_mnist": ("vanilla",), "backdoor": ADAPTERS, "fashion": ("vanilla",)},
+            "oracle_settings": ("rotated_mnist",),
             "seeds": (0,),
             "budgets": {name: Budget(iterations=2, kd_steps=1, eval_every=1) for name in ADAPTERS},
             "vanilla": _default_vanilla().model_copy(update={"batch_size": 16}),
