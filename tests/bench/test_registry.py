@@ -488,16 +488,16 @@ def test_an_entry_point_distribution_registers_its_components(
 
 
 def test_the_runs_of_the_default_config_keep_their_ids() -> None:
-    """The ids version 0.5 gives these runs (bench code version 6, the DeepInversion and CMI recipes of 0.5,
+    """The ids version 0.5 gives these runs (bench code version 6, the DeepInversion and CMI budgets of session 13,
     guarded runs with the trigger window):
     a change that moves one reruns stored runs, so it must be deliberate (bump ``CODE_VERSION``, update here)."""
     config = BenchConfig()
     expected = [
         "backdoor-vanilla-ntl_guard-seed0-5f10bc46baf2",
-        "mnist_m-cmi-sl-seed2-fdadce7f6a12",
+        "mnist_m-cmi-sl-seed2-1e59ac9617a0",
         "fashion-vanilla-ntl-seed1-0f028b9629c2",
         "rotated_mnist-vanilla-ntl_oracle-seed0-4371df9ea7bb",
-        "mnist_m-deepinversion-ntl-seed1-293d884772b8",
+        "mnist_m-deepinversion-ntl-seed1-75b833feb670",
     ]
     for run in expected:
         setting, adapter, row, seed = re.match(r"(\w+)-(\w+)-(\w+)-seed(\d)-", run).groups()
