@@ -762,7 +762,7 @@ def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> 
     A group of guarded and unguarded runs (SL and SL + guard) trains once
     with the guard. If the guard never intervened, every call it answered
     returned what a disabled guard returns, so that training is the
-    unguarded one too (bit for bit: ``tests/bench/test_runner.py`` checks
+    unguarded one too (bit for bit: ``tests/bench/test_bench.py`` checks
     it), and the unguarded runs' records are made from it, naming the
     guarded run in ``same_training_as``; otherwise the unguarded runs train
     again, without the guard.
@@ -920,11 +920,7 @@ def _train_runs(
                 "final": final_metrics(evaluations),
                 "seconds_per_iteration": _finite_or_none(result.seconds_per_iteration),
                 "seconds_per_iteration_phases": (
-                    seconds_per_iteration_phases(
-                        result.iteration_seconds, [None] * len(result.iteration_seconds)
-                    )
-                    if copy
-                    else phases
+                    {**phases, "warmup": None, "after_verdict": None} if copy else phases
                 ),
                 "same_training_as": lead if copy else None,
                 "workers": ctx.workers,
