@@ -76,7 +76,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -730,54 +730,54 @@ def training_groups(config: BenchConfig) -> list[list[RunSpec]]:
     An SL teacher is trained on the ID data alone, so it, and every student
     distilled from it, is the same in every setting: the runs of an SL row
     with the same adapter and seed share one training, evaluated on each
-    setting's test sets. The SL and SL + guard rows (the default guard, not
-    a variant) of an adapter and seed are one group too: trained once with
-    the guard, and again without it only if the guard intervened
+    setting's test sets. A row and its guarded twin with the default guard
+    (SL and SL + guard, NTL and NTL + guard; not a guard variant) of an
+    adapter, seed and setting are one group too: trained once with the
+    guard, and again without it only if the guard intervened
     (:attr:`~dfkd_guard.Guard.intervened`, see :func:`_train_group`). Every
     other run is a group of its own.
     """
     groups: dict[tuple[Any, ...], list[RunSpec]] = {}
     for spec in enumerate_runs(config):
-        shared = teacher_kind(config, spec.row, spec.setting) == "sl"
-        key = (
-            (spec.adapter, "sl" if spec.row == "sl_guard" else spec.row, spec.seed)
-            if shared
-            else (spec.setting, spec.adapter, spec.row, spec.seed)
-        )
+        row = spec.row.removesuffix("_guard")  # a variant's row (``..._guard@<variant>``) keeps its name
+        if teacher_kind(config, spec.row, spec.setting) == "sl":
+            key: tuple[Any, ...] = (spec.adapter, row, spec.seed)
+        else:
+            key = (spec.setting, spec.adapter, row, spec.seed)
         groups.setdefault(key, []).append(spec)
     return list(groups.values())
 
 
-def _execute(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list[dict[str, Any]]:
-    """Train the runs of one group (see :func:`training_groups`) once, on one torch thread
-    (:func:`~dfkd_guard.bench.threads.one_thread`: a run's result must not depend on where it ran);
-    one record per run (not yet written)."""
+Trained = list[tuple[RunSpec, dict[str, Any]]]
+
+
+def _execute(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> tuple[Trained, list[RunSpec]]:
+    """:func:`_train_group` on one torch thread (:func:`~dfkd_guard.bench.threads.one_thread`: a run's
+    result must not depend on where it ran)."""
     with one_thread():
         return _train_group(ctx, group, stream)
 
 
-def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> list[dict[str, Any]]:
-    """One record per run of ``group``, in its order.
+def _train_group(ctx: _Context, group: list[RunSpec], stream: TextIO | None) -> tuple[Trained, list[RunSpec]]:
+    """Train the runs of one group (see :func:`training_groups`) once: a record (not yet written) for each run
+    that training made, and the runs left to train as a group of their own.
 
-    A group of guarded and unguarded runs (SL and SL + guard) trains once
-    with the guard. If the guard never intervened, every call it answered
-    returned what a disabled guard returns, so that training is the
-    unguarded one too (bit for bit: ``tests/bench/test_bench.py`` checks
-    it), and the unguarded runs' records are made from it, naming the
-    guarded run in ``same_training_as``; otherwise the unguarded runs train
-    again, without the guard.
+    A group of guarded and unguarded runs trains once with the guard. If the
+    guard never intervened, every call it answered returned what a disabled
+    guard returns, so that training is the unguarded one too (bit for bit:
+    ``tests/bench/test_bench.py`` checks it), and the unguarded runs'
+    records are made from it, naming the guarded run in
+    ``same_training_as``; otherwise the unguarded runs are left to train
+    again, without the guard (the caller schedules them like any group).
     """
     guarded = [spec for spec in group if spec.guarded]
     unguarded = [spec for spec in group if not spec.guarded]
     if not guarded or not unguarded:
-        return _train_runs(ctx, group, stream)[0]
+        return list(zip(group, _train_runs(ctx, group, stream)[0])), []
     trained, intervened = _train_runs(ctx, guarded, stream, copies=unguarded)
-    records = dict(zip(guarded, trained))
     if intervened:
-        records.update(zip(unguarded, _train_runs(ctx, unguarded, stream)[0]))
-    else:
-        records.update(zip(unguarded, trained[len(guarded) :]))
-    return [records[spec] for spec in group]
+        return list(zip(guarded, trained)), unguarded
+    return list(zip([*guarded, *unguarded], trained)), []
 
 
 def _train_runs(
@@ -1019,8 +1019,8 @@ def run_bench(
             setting, "sl"
         )  # every run's DAgr and pool OOD share need it: trained here, before any worker
 
-    def finish(group: list[RunSpec], records: list[dict[str, Any]]) -> None:
-        for spec, record in zip(group, records):
+    def finish(trained: Trained) -> None:
+        for spec, record in trained:
             path = run_path(config, spec, out)
             write_json_atomic(record, path)
             summary.ran.append(path.stem)
@@ -1030,19 +1030,30 @@ def run_bench(
                 f"{record['wall_seconds']:.1f} s"
             )
 
+    queue = deque(pending)  # in table order; a group's runs left to retrain go first
     if workers == 1 or len(pending) <= 1:
         stream = sys.stderr if train_progress else None
-        for group in pending:
-            finish(group, _execute(ctx, group, stream))
+        while queue:
+            trained, left = _execute(ctx, queue.popleft(), stream)
+            finish(trained)
+            if left:
+                queue.appendleft(left)
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
         settings = (config.model_dump(mode="json"), str(out), train_progress, min(workers, len(pending)))
         with ProcessPoolExecutor(
             workers, mp_context=context, initializer=_start_worker, initargs=settings
         ) as pool:
-            futures = {pool.submit(_execute_in_worker, group): group for group in pending}
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
+            running: set[Future[tuple[Trained, list[RunSpec]]]] = set()
+            while queue or running:
+                while queue and len(running) < workers:  # no more than the workers take: a retrain goes next
+                    running.add(pool.submit(_execute_in_worker, queue.popleft()))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    trained, left = future.result()
+                    finish(trained)
+                    if left:
+                        queue.appendleft(left)
     summary.seconds = time.perf_counter() - began
     return summary
 
@@ -1069,5 +1080,5 @@ def _start_worker(config: dict[str, Any], out: str, train_progress: bool, worker
     _WORKER["stream"] = sys.stderr if train_progress else None
 
 
-def _execute_in_worker(group: list[RunSpec]) -> list[dict[str, Any]]:
+def _execute_in_worker(group: list[RunSpec]) -> tuple[Trained, list[RunSpec]]:
     return _execute(_WORKER["context"], group, _WORKER["stream"])

@@ -372,7 +372,7 @@ def _records(out) -> dict[tuple[str, str], dict]:
     return {(r["spec"]["adapter"], r["spec"]["row"]): r for r in records}
 
 
-def test_sl_rows_train_once_with_an_idle_guard_and_again_once_it_intervened(tmp_path) -> None:
+def test_unguarded_rows_train_once_with_an_idle_guard_and_again_once_it_intervened(tmp_path) -> None:
     from dfkd_guard.bench.config import ADAPTERS
     from dfkd_guard.bench.runner import run_bench
 
@@ -385,33 +385,35 @@ def test_sl_rows_train_once_with_an_idle_guard_and_again_once_it_intervened(tmp_
     config = BenchConfig.tiny(
         settings=["rotated_mnist"],
         adapters={"rotated_mnist": ADAPTERS},
-        rows=["sl", "sl_guard"],
+        rows=["sl", "sl_guard", "ntl", "ntl_guard"],
         budgets={name: {"iterations": 3, "kd_steps": 2, "eval_every": 1} for name in ADAPTERS},
         guard=idle_guard,
     )
-    run_bench(config.updated(rows=["sl"]), tmp_path / "alone", progress=False)
+    run_bench(config.updated(rows=["sl", "ntl"]), tmp_path / "alone", progress=False)
     alone = _records(tmp_path / "alone")
     summary = run_bench(config, tmp_path / "shared", progress=False)
     shared = _records(tmp_path / "shared")
-    assert len(summary.ran) == 6
+    assert len(summary.ran) == 12
     for adapter in ADAPTERS:
-        guarded, sl = shared[(adapter, "sl_guard")], shared[(adapter, "sl")]
-        assert guarded["bn_prior"]["verdict"] == "ordinary"
-        assert guarded["trigger_window"] is not None and not guarded["trigger_window"]["found"]
-        assert sl["same_training_as"] == guarded["run_id"] and guarded["same_training_as"] is None
-        assert sl["bn_prior"] is None and sl["trigger_window"] is None and not sl["guarded"]
-        assert sl["seconds_per_iteration_phases"]["warmup"] is None
-        # the idle guard's training is the unguarded one, bit for bit
-        for key in ("curves", "final", "synthetic_scores"):
-            assert sl[key] == alone[(adapter, "sl")][key], (adapter, key)
-        assert sl["run_id"] == alone[(adapter, "sl")]["run_id"]
+        for row in ("sl", "ntl"):
+            guarded, unguarded = shared[(adapter, f"{row}_guard")], shared[(adapter, row)]
+            assert guarded["bn_prior"]["verdict"] == "ordinary"
+            assert guarded["trigger_window"] is not None and not guarded["trigger_window"]["found"]
+            assert unguarded["same_training_as"] == guarded["run_id"] and guarded["same_training_as"] is None
+            assert unguarded["bn_prior"] is None and unguarded["trigger_window"] is None
+            assert not unguarded["guarded"] and unguarded["seconds_per_iteration_phases"]["warmup"] is None
+            # the idle guard's training is the unguarded one, bit for bit
+            for key in ("curves", "final", "synthetic_scores"):
+                assert unguarded[key] == alone[(adapter, row)][key], (adapter, row, key)
+            assert unguarded["run_id"] == alone[(adapter, row)]["run_id"]
 
-    # a generator penalty changes synthesis: the SL runs train again, without the guard
+    # with a generator penalty the guard intervenes: the unguarded runs train again, without the guard, as
+    # groups of their own (here on the second worker)
     acting = config.updated(guard={**idle_guard, "penalties": [{"name": "confidence", "weight": 1.0}]})
-    run_bench(acting, tmp_path / "acting", progress=False)
+    run_bench(acting, tmp_path / "acting", progress=False, workers=2)
     retrained = _records(tmp_path / "acting")
     for adapter in ADAPTERS:
-        sl = retrained[(adapter, "sl")]
-        assert sl["same_training_as"] is None
-        assert sl["curves"] == alone[(adapter, "sl")]["curves"]
-        assert retrained[(adapter, "sl_guard")]["synthetic_scores"] != sl["synthetic_scores"]
+        for row in ("sl", "ntl"):
+            unguarded = retrained[(adapter, row)]
+            assert unguarded["same_training_as"] is None
+            assert unguarded["curves"] == alone[(adapter, row)]["curves"]
