@@ -741,10 +741,11 @@ each cell the mean ± sample standard deviation over seeds (the mean alone for o
 """
 
 _SHARED_TEXT = """\
-- SL runs made from the SL + guard run's training: the guard never intervened there (its verdict
-  ordinary, no trigger found), so every call it answered returned what a disabled guard returns and
-  that training is the unguarded one, bit for bit; the run records name it (`same_training_as`).
-  Their s/it is the guarded training's, left out of the s/it column and the overhead section.
+- SL and NTL runs made from their guarded twin's training (SL + guard, NTL + guard): the guard never
+  intervened there (its verdict ordinary, no trigger found), so every call it answered returned what a
+  disabled guard returns and that training is the unguarded one, bit for bit; the run records name it
+  (`same_training_as`). Their s/it is the guarded training's, left out of the s/it column and the
+  overhead section.
 """
 
 _DAGR_TEXT = """\
