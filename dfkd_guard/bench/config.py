@@ -96,8 +96,8 @@ def row_label(row: str) -> str:
 #: The built-in scorers whose AUROC the report tabulates by default.
 BUILTIN_SCORERS: tuple[str, ...] = ("atesc", "msp", "energy", "entropy", "odin", "bn_deviation")
 
-#: DeepInversion and CMI in one setting, the one with an oracle row: the whole table runs in 90 minutes on 2 cores
-#: (docs/benchmark.md); their backdoor rows are docs/benchmarks/trigger_window_pooled.toml's.
+#: DeepInversion and CMI in one setting, the one with an oracle row, to keep the whole table near 90 minutes on
+#: 2 cores (docs/benchmarks/bench/README.md); their backdoor rows are docs/benchmarks/trigger_window_pooled.toml's.
 _DEFAULT_ADAPTERS: dict[str, tuple[str, ...]] = {
     "mnist_m": ADAPTERS,
     "rotated_mnist": ("vanilla",),
