@@ -1,0 +1,57 @@
+"""Two record folders of the same bench config, side by side: what changes with the machine.
+
+For every row both folders' ``report`` invocations name, IAcc as mean ±
+sample std over seeds in each folder and the difference of the means; then
+each folder's guard-effect table (the report's: every guarded row minus its
+unguarded row, paired over seeds, with 95% intervals). Prints Markdown.
+
+    python scripts/experiments/compare_tables.py FOLDER_A FOLDER_B [--report report]
+
+Not part of the library: docs/benchmarks/default_table_intel_xeon/README.md
+quotes its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from dfkd_guard.bench.config import row_label
+from dfkd_guard.bench.records import read_invocation, stored_config
+from dfkd_guard.bench.report import RowSummary, format_stat, guard_effect_table, load_rows
+
+
+def rows_of(folder: Path, report: str) -> list[RowSummary]:
+    """The rows of the report ``report`` stored in ``folder``, with the records its invocation names."""
+    invocation = read_invocation(folder, report)
+    if invocation is None:
+        raise SystemExit(f"{folder}: no invocations/{report}.json")
+    return load_rows(stored_config(folder, report), folder, invocation["runs"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("first", type=Path)
+    parser.add_argument("second", type=Path)
+    parser.add_argument("--report", default="report", help="invocation record name in both folders")
+    args = parser.parse_args()
+    first, second = rows_of(args.first, args.report), rows_of(args.second, args.report)
+    for name, folder, rows in (("A", args.first, first), ("B", args.second, second)):
+        cpus = sorted({cpu for row in rows for cpu in row.cpu_models()})
+        print(f"{name}: {folder} ({', '.join(cpus)})")
+    print("\n| setting | adapter | teacher | IAcc A | IAcc B | B − A |\n|---|---|---|---:|---:|---:|")
+    by_key = {(r.setting, r.adapter, r.row): r for r in second}
+    for a in first:
+        b = by_key.get((a.setting, a.adapter, a.row))
+        if b is None or not a.values("iacc") or not b.values("iacc"):
+            continue
+        shift = statistics.fmean(b.values("iacc")) - statistics.fmean(a.values("iacc"))
+        cells = [a.setting, a.adapter, row_label(a.row), format_stat(a.values("iacc")), format_stat(b.values("iacc"))]
+        print(f"| {' | '.join(cells)} | {shift:+.3f} |")
+    for name, rows in (("A", first), ("B", second)):
+        print(f"\nGuard effect in {name}, paired over seeds:\n\n{guard_effect_table(rows)}")
+
+
+if __name__ == "__main__":
+    main()
