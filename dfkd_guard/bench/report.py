@@ -741,11 +741,10 @@ each cell the mean ± sample standard deviation over seeds (the mean alone for o
 """
 
 _SHARED_TEXT = """\
-- SL and NTL runs made from their guarded twin's training (SL + guard, NTL + guard): the guard never
-  intervened there (its verdict ordinary, no trigger found), so every call it answered returned what a
-  disabled guard returns and that training is the unguarded one, bit for bit; the run records name it
-  (`same_training_as`). Their s/it is the guarded training's, left out of the s/it column and the
-  overhead section.
+- Runs made from their guarded twin's training ({pairs}): the guard never intervened there (its
+  verdict ordinary, no trigger found), so every call it answered returned what a disabled guard returns
+  and that training is the unguarded one, bit for bit; the run records name it (`same_training_as`).
+  Their s/it is the guarded training's, left out of the s/it column and the overhead section.
 """
 
 _DAGR_TEXT = """\
@@ -817,7 +816,11 @@ def _metrics_text(rows: list[RowSummary]) -> str:
         sizes = {record["config"]["adapter_config"]["batch_size"] for record in records}
         trap = _BATCH_TEXT.format(floors=_floors(sizes) or "more than 0.1")
     dagr = _DAGR_TEXT.format(subsets=_disagreement_subsets(rows)) if "dagr" in metrics else ""
-    shared = _SHARED_TEXT if any(record.get("same_training_as") for record in records) else ""
+    shared_rows = dict.fromkeys(
+        r.row for r in rows if any(record.get("same_training_as") for record in r.records)
+    )
+    pairs = ", ".join(f"{row_label(row)} from {row_label(row)} + guard" for row in shared_rows)
+    shared = _SHARED_TEXT.format(pairs=pairs) if pairs else ""
     return _METRICS_TEXT.format(floor=ASR_IACC_FLOOR, dagr=dagr, trap=trap) + shared
 
 

@@ -47,7 +47,13 @@ def main() -> None:
         if b is None or not a.values("iacc") or not b.values("iacc"):
             continue
         shift = statistics.fmean(b.values("iacc")) - statistics.fmean(a.values("iacc"))
-        cells = [a.setting, a.adapter, row_label(a.row), format_stat(a.values("iacc")), format_stat(b.values("iacc"))]
+        cells = [
+            a.setting,
+            a.adapter,
+            row_label(a.row),
+            format_stat(a.values("iacc")),
+            format_stat(b.values("iacc")),
+        ]
         print(f"| {' | '.join(cells)} | {shift:+.3f} |")
     for name, rows in (("A", first), ("B", second)):
         print(f"\nGuard effect in {name}, paired over seeds:\n\n{guard_effect_table(rows)}")
