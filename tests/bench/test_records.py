@@ -200,3 +200,11 @@ def test_rederive_takes_no_config_option(tmp_path: Path, capsys: pytest.CaptureF
     assert "not --tiny" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path), "--rederive", "report"]) == 2
     assert "no invocation record of report 'report'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "path", sorted(BENCHMARKS.glob("**/*.toml")), ids=lambda path: str(path.relative_to(BENCHMARKS))
+)
+def test_committed_bench_configs_are_valid(path: Path) -> None:
+    # a committed config that no longer reads would leave its report without a command to rerun it
+    BenchConfig.from_file(path)
