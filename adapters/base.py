@@ -250,19 +250,30 @@ class Synthesizer(ABC):
 
 
 def student_step(
-    student: nn.Module, optimizer: torch.optim.Optimizer, batch: GuardedBatch
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: GuardedBatch,
+    processes: Processes | None = None,
 ) -> dict[str, float]:
     """One optimiser step of the student on a guarded batch (:meth:`GuardedBatch.student_loss`).
 
+    :param processes: the processes sharing the step (default: this one alone). Each trains its shard of
+        ``batch`` (:meth:`GuardedBatch.shard`); the gradients and the BatchNorm running statistics are
+        averaged over the processes, so every process holds the same student.
     :returns: ``loss/student``, ``guard/kept`` (mean KD weight) and
-        ``guard/forgotten`` (share of the forget set), over the batch with
-        any recalled trap-memory images.
+        ``guard/forgotten`` (share of the forget set), over this process's
+        batch with any recalled trap-memory images.
     """
+    processes = processes if processes is not None else Processes()
+    if processes.world > 1:
+        batch = batch.shard(processes.rank, processes.world)
     student.train()
     optimizer.zero_grad(set_to_none=True)
     loss = batch.student_loss(student(batch.images))
     loss.backward()
+    processes.average_gradients(student.parameters())
     optimizer.step()
+    processes.average_buffers(student)
     return {
         "loss/student": float(loss.detach()),
         "guard/kept": batch.kept_fraction,

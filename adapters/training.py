@@ -99,7 +99,7 @@ def train(
         had been set from the start. Every other difference is still refused.
     :param student_update: one student step on a guarded batch, returning its metrics;
         default :func:`student_step` of ``synthesizer.student`` with ``optimizer``
-        (a data-parallel run passes one that trains its shard of the batch).
+        over ``synthesizer.processes`` (each process trains its shard of the batch).
     :param write_checkpoints: False: only read ``checkpoint_path`` (the
         processes of a data-parallel run but the first).
     :param run_settings: settings of the caller's own that a resume must keep
@@ -124,10 +124,10 @@ def train(
         start = _restore(state, path, synthesizer, optimizer, scheduler, result, replay_schedule=extend)
         _say(stream, f"{prefix}resumed from {path} at iteration {start}/{iterations}")
     if student_update is None:
-        student = synthesizer.student
+        student, processes = synthesizer.student, synthesizer.processes
 
         def student_update(batch: GuardedBatch) -> dict[str, float]:
-            return student_step(student, optimizer, batch)
+            return student_step(student, optimizer, batch, processes)
 
     busy = 0.0  # seconds spent in iterations, without evaluation and checkpoint writes
     for step in range(start, iterations):

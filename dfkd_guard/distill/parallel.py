@@ -1,33 +1,29 @@
-"""Data-parallel distillation over the processes ``torchrun`` starts: sharded synthesis, sharded student steps.
+"""The process group of a data-parallel distillation run: joining and leaving it, comparing what the processes hold.
 
 Each process synthesises its rows of every batch (the adapters take a
 :class:`~dfkd_guard.processes.Processes`); what a round produced is gathered
 in rank order, so the pools, the guard's BN prior, its verdict and its trap
 memory are the same on every process, and a checkpoint written by the first
 process resumes on any number of processes. Each student step trains the
-process's share of the guarded batch (every ``world``-th sample,
-:meth:`~dfkd_guard.GuardedBatch.shard`) through ``DistributedDataParallel``,
-which averages the gradients, so the students stay identical; their BatchNorm
-running statistics are averaged over the processes after every step.
+process's share of the guarded batch (:func:`~dfkd_guard.adapters.base.student_step`
+with the processes), averaging the gradients and the BatchNorm running
+statistics over the processes, so the students stay identical.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from dfkd_guard import GuardedBatch
-from dfkd_guard.adapters.base import student_step
 from dfkd_guard.processes import Processes
 from dfkd_guard.serialization import plain_digest
 
-__all__ = ["digest", "gathered", "joined", "student_steps"]
+__all__ = ["digest", "gathered", "joined"]
 
 
 @contextmanager
@@ -35,8 +31,8 @@ def joined(device: torch.device) -> Iterator[tuple[Processes, torch.device]]:
     """Join the process group ``torchrun`` describes (environment ``WORLD_SIZE`` > 1), or run alone.
 
     gloo on the CPU, nccl on CUDA, where each process takes the GPU of its ``LOCAL_RANK``. A group joined
-    here is left on exit, after every process got there: a process that exits with its group alive can
-    abort in the group's threads while another still talks to it. A group the caller set up is kept.
+    here is left on exit, and the processes leave together (:func:`_leave_together`). A group the caller
+    set up is kept.
 
     :returns: this process's place and the device it runs on.
     """
@@ -49,7 +45,10 @@ def joined(device: torch.device) -> Iterator[tuple[Processes, torch.device]]:
     if dist.is_initialized():
         yield Processes.current(), device
         return
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    store, rank, world = next(dist.rendezvous("env://"))
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world
+    )
     failed = True
     try:
         yield Processes.current(), device
@@ -58,22 +57,23 @@ def joined(device: torch.device) -> Iterator[tuple[Processes, torch.device]]:
         if not failed:
             dist.barrier()
         dist.destroy_process_group()
+        if not failed:
+            _leave_together(store, rank, world)
 
 
-def student_steps(
-    student: nn.Module, optimizer: torch.optim.Optimizer, processes: Processes
-) -> Callable[[GuardedBatch], dict[str, float]]:
-    """The student step of this process: its shard of each batch, gradients averaged over the processes."""
-    parallel = DistributedDataParallel(
-        student, device_ids=[processes.local_rank] if next(student.parameters()).is_cuda else None
-    )
+def _leave_together(store: dist.Store, rank: int, world: int) -> None:
+    """Return once every process has torn its group down; the first process, which may host ``store``, last.
 
-    def step(batch: GuardedBatch) -> dict[str, float]:
-        metrics = student_step(parallel, optimizer, batch.shard(processes.rank, processes.world))
-        processes.average_buffers(student)  # BatchNorm running statistics: the mean over the shards
-        return metrics
-
-    return step
+    A process whose peer exits while it still tears its gloo group down can abort
+    ("terminate called without an active exception"), so none exits before all are done.
+    """
+    prefix = f"dfkd_guard/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    store.set(f"{prefix}/left/{rank}", "1")
+    store.wait([f"{prefix}/left/{other}" for other in range(world)])
+    if rank:
+        store.set(f"{prefix}/gone/{rank}", "1")
+    else:
+        store.wait([f"{prefix}/gone/{other}" for other in range(1, world)])
 
 
 def gathered(value: str, processes: Processes) -> list[str]:

@@ -34,7 +34,7 @@ from dfkd_guard.adapters.training import TrainResult, train
 from dfkd_guard.adapters.vanilla import VanillaConfig, VanillaSynthesizer
 from dfkd_guard.distill.config import DistillConfig, EvaluationSpec
 from dfkd_guard.distill.models import ModelSpec, build_model
-from dfkd_guard.distill.parallel import digest, gathered, joined, student_steps
+from dfkd_guard.distill.parallel import digest, gathered, joined
 from dfkd_guard.distill.run_log import RunLog
 from dfkd_guard.errors import ConfigError
 from dfkd_guard.imports import import_named
@@ -105,7 +105,6 @@ def _distill(
         log.watch(guard)
     synthesizer = _synthesizer(config, teacher, student, guard, base_dir, device, processes)
     optimizer, scheduler = config.optimizer.build(student.parameters(), config.iterations)
-    update = student_steps(student, optimizer, processes) if processes.world > 1 else None
     evaluate = None
     if evaluation is not None:
         images, labels = evaluation
@@ -129,7 +128,6 @@ def _distill(
                 progress=progress if processes.first else False,
                 log_every=config.log_every,
                 extend=extend,
-                student_update=update,
                 write_checkpoints=processes.first,
                 run_settings={"precision": config.precision},
             )
