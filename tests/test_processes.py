@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from dfkd_guard import Guard, GuardConfig, Processes, hookimpl
 from dfkd_guard.adapters.deepinversion import DeepInversionConfig, DeepInversionSynthesizer
 from dfkd_guard.bench.models import ConvNet
 from dfkd_guard.bn_statistics import batchnorm_layers, bn_matching_loss
+from dfkd_guard.distill.parallel import leave_together
 from dfkd_guard.serialization import plain_digest
 
 
@@ -61,7 +61,8 @@ def _teacher() -> nn.Module:
 
 
 def _on_two_processes(rank: int, world: int, folder: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{folder}/group", rank=rank, world_size=world)
+    store = dist.FileStore(f"{folder}/group", world)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     torch.set_num_threads(1)
     processes = Processes.current()
     result: dict[str, object] = {}
@@ -110,13 +111,11 @@ def _on_two_processes(rank: int, world: int, folder: str) -> None:
     synthesizer.close()
     guard.close()
     Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
-    # a process whose peer exits while it still tears gloo down aborts ("terminate called without an
-    # active exception", about 1 run in 10): leave together, after both have torn the group down
+    # as dfkd_guard.distill.parallel.joined leaves: a process whose peer exits while it still tears gloo
+    # down aborts ("terminate called without an active exception", about 1 run in 10)
     dist.barrier()
     dist.destroy_process_group()
-    Path(folder, f"left{rank}").touch()
-    while not all(Path(folder, f"left{other}").exists() for other in range(world)):
-        time.sleep(0.01)
+    leave_together(store, rank, world)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from torch import nn
 from dfkd_guard.processes import Processes
 from dfkd_guard.serialization import plain_digest
 
-__all__ = ["digest", "gathered", "joined"]
+__all__ = ["digest", "gathered", "joined", "leave_together"]
 
 
 @contextmanager
@@ -31,7 +31,7 @@ def joined(device: torch.device) -> Iterator[tuple[Processes, torch.device]]:
     """Join the process group ``torchrun`` describes (environment ``WORLD_SIZE`` > 1), or run alone.
 
     gloo on the CPU, nccl on CUDA, where each process takes the GPU of its ``LOCAL_RANK``. A group joined
-    here is left on exit, and the processes leave together (:func:`_leave_together`). A group the caller
+    here is left on exit, and the processes leave together (:func:`leave_together`). A group the caller
     set up is kept.
 
     :returns: this process's place and the device it runs on.
@@ -49,19 +49,17 @@ def joined(device: torch.device) -> Iterator[tuple[Processes, torch.device]]:
     dist.init_process_group(
         "nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world
     )
-    failed = True
     try:
         yield Processes.current(), device
-        failed = False
-    finally:
-        if not failed:
-            dist.barrier()
-        dist.destroy_process_group()
-        if not failed:
-            _leave_together(store, rank, world)
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other processes may never get there
+        raise
+    dist.barrier()
+    dist.destroy_process_group()
+    leave_together(store, rank, world)
 
 
-def _leave_together(store: dist.Store, rank: int, world: int) -> None:
+def leave_together(store: dist.Store, rank: int, world: int) -> None:
     """Return once every process has torn its group down; the first process, which may host ``store``, last.
 
     A process whose peer exits while it still tears its gloo group down can abort
