@@ -43,35 +43,34 @@ from dfkd_guard.weightings import SplitParams, ood_mask, two_means_cut
 
 
 def kept_batches(
-    config: BenchConfig, ctx: _Context, setting: str, kind: str, seed: int
+    config: BenchConfig, ctx: _Context, spec: RunSpec, teacher: torch.nn.Module
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(images, teacher logits, scores) of the guarded vanilla run's student batches in the BN prior's window."""
-    spec = RunSpec(setting, "vanilla", "ntl_guard" if kind == "ntl" else "sl_guard", seed)
-    teacher = ctx.teacher(setting, kind)
+    """(images, teacher logits, scores) of the guarded vanilla run's student batches in the BN prior's window.
+
+    Scored here: without a BN prior the guard itself scores nothing.
+    """
     guard_config = row_guard(config, spec)
     skip, warmup = guard_config.bn_prior.skip_batches, guard_config.bn_prior.warmup_batches
     kd_steps = config.budgets["vanilla"].kd_steps
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(dfkd_seed(seed))
+        torch.manual_seed(dfkd_seed(spec.seed))
         network = config.component("student_architecture")
         student = build_network(network, config.student_widths, 10, config.image_size, "student")
         guard = Guard(guard_config, teacher, load_entrypoints=False)
         synthesizer = _synthesizer(ctx, spec, teacher, student, guard)
         sample = synthesizer.sample
+        guard_calls = {"n": 0}
 
         def keeping_sample() -> GuardedBatch:
             batch = sample()
-            if (
-                skip <= guard_calls["n"] < skip + warmup
-            ):  # scored here: without a BN prior the guard scores nothing
+            if skip <= guard_calls["n"] < skip + warmup:
                 own = batch.scores.shape[0]  # recalled trap-memory images, if any, come after the caller's
                 images, logits = batch.images[:own], batch.teacher_logits[:own]
                 kept.append((images, logits, guard.score(images, logits)))
             guard_calls["n"] += 1
             return batch
 
-        guard_calls = {"n": 0}
         synthesizer.sample = keeping_sample  # type: ignore[method-assign]
         optimizer = torch.optim.Adam(student.parameters(), lr=config.student_lr)
         train(synthesizer, optimizer, -(-(skip + warmup) // kd_steps), kd_steps=kd_steps, progress=False)
@@ -136,7 +135,8 @@ def main() -> None:
     for kind in ("sl", "ntl"):
         for seed in args.seeds:
             teacher = ctx.teacher(setting, kind)
-            batches = kept_batches(config, ctx, setting, kind, seed)
+            spec = RunSpec(setting, "vanilla", f"{kind}_guard", seed)
+            batches = kept_batches(config, ctx, spec, teacher)
             row = {"setting": setting, "teacher": kind, "seed": seed}
             row |= statistics(teacher, batches, split)
             print(json.dumps(row), flush=True)
