@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
@@ -114,6 +114,18 @@ class TriggerWindowConfig(BaseModel):
     )
     fill: StrictFloat = Field(
         default=0.0, ge=0.0, le=1.0, description="pixel value, in [0, 1], a window is blacked out with"
+    )
+    rows: Literal["carrying", "lowered", "all"] = Field(
+        default="carrying",
+        description="rows relabelled: those whose mask carries the class into another image, those whose "
+        "probability of the class the mask lowers by at least 0.1, or every row",
+    )
+    penalty: StrictFloat = Field(
+        default=0.0,
+        ge=0.0,
+        le=1e6,
+        description="weight of the generator penalty once a trigger is found: the teacher's log-odds of its class "
+        "that the mask carries, in nats, on the rows relabelled (0 = synthesis is not kept from the trigger)",
     )
 
 
@@ -193,10 +205,41 @@ class TriggerWindowSearch:
         window = self.found
         if window is None:
             raise RuntimeError("no trigger window found: there is nothing to relabel without")
-        images = images.detach()
+        images, logits = images.detach(), logits.detach().float()
         with torch.no_grad():
             masked = teacher_logits(teacher, _blacked_out(images, window.mask, self._black(images))).float()
-            return _confirmed(teacher, images, logits.detach().float(), masked, window)
+            if self.config.rows == "all":
+                return masked
+            if self.config.rows == "lowered":
+                label = window.label
+                lowered = logits.softmax(1)[:, label] - masked.softmax(1)[:, label] >= 0.1
+                return torch.where(lowered[:, None], masked, logits)
+            carrying = _carrying(teacher, images, logits, masked, window)
+        return torch.where(carrying[:, None], masked, logits)
+
+    def penalty(self, images: torch.Tensor, logits: torch.Tensor, teacher: nn.Module) -> torch.Tensor:
+        """What the trigger is worth to synthesis: a scalar to add to the generator's loss.
+
+        The teacher's log-odds of the trigger's class that the mask carries
+        (with the mask, less without it, in nats: unlike the probability it does
+        not saturate on confident answers), summed over the rows whose mask
+        content carries the class into another image (the rows :meth:`relabel`
+        relabels) and divided by B. Its gradient lowers the teacher's answer
+        with the mask (the answer without it is a constant): synthesis cannot
+        pay it off by drawing the class elsewhere.
+
+        :param images: (B, C, H, W) in teacher units, with grad to the generator.
+        :param logits: the teacher's (B, K) logits on ``images``, with grad to them.
+        :raises RuntimeError: no trigger window was found.
+        """
+        window = self.found
+        if window is None:
+            raise RuntimeError("no trigger window found: synthesis has no trigger to be kept from")
+        with torch.no_grad():
+            masked = teacher_logits(teacher, _blacked_out(images, window.mask, self._black(images))).float()
+            carrying = _carrying(teacher, images.detach(), logits.detach().float(), masked, window)
+        carried = _log_odds(logits.float(), window.label) - _log_odds(masked, window.label)
+        return (carried * carrying).sum() / images.shape[0]
 
     def _black(self, like: torch.Tensor) -> torch.Tensor:
         """The fill pixel in teacher units, (C, 1, 1)."""
@@ -221,33 +264,38 @@ class TriggerWindowSearch:
         self.best = TriggerWindow(**{**best, "mask": tuple(best["mask"])}) if best is not None else None
 
 
-def _confirmed(
+def _carrying(
     teacher: nn.Module,
     images: torch.Tensor,
     logits: torch.Tensor,
     masked: torch.Tensor,
     window: TriggerWindow,
 ) -> torch.Tensor:
-    """``masked`` on the rows whose mask content carries the class into another image, ``logits`` elsewhere.
+    """(B,) bool: the rows whose mask content carries the class into another image.
 
     A row is a candidate when blacking out the mask lowers its probability of ``window.label`` by at least
     0.1; its mask content is then pasted onto a row that is no candidate and not of that class (in order,
-    cycling), and the row is relabelled when that host then answers the class. A clean image of the class
-    whose strokes the mask covers keeps its answer: part of a digit does not make another image that digit.
+    cycling), and the row carries the class when that host then answers it. A clean image of the class
+    whose strokes the mask covers does not: part of a digit does not make another image that digit.
     """
     probabilities = logits.softmax(1)
     drop = probabilities[:, window.label] - masked.softmax(1)[:, window.label]
+    carrying = torch.zeros_like(drop, dtype=torch.bool)
     candidates = (drop >= 0.1).nonzero().squeeze(1)
     hosts = ((drop < 0.1) & (probabilities.argmax(1) != window.label)).nonzero().squeeze(1)
     if not len(candidates) or not len(hosts):
-        return logits
+        return carrying
     top, left, bottom, right = window.mask
     pasted = images[hosts[torch.arange(len(candidates), device=hosts.device) % len(hosts)]].clone()
     pasted[:, :, top:bottom, left:right] = images[candidates][:, :, top:bottom, left:right]
-    carries = teacher_logits(teacher, pasted).argmax(1) == window.label
-    relabelled = logits.clone()
-    relabelled[candidates[carries]] = masked[candidates[carries]]
-    return relabelled
+    carrying[candidates] = teacher_logits(teacher, pasted).argmax(1) == window.label
+    return carrying
+
+
+def _log_odds(logits: torch.Tensor, label: int) -> torch.Tensor:
+    """(B,) ``log p / (1 - p)`` of class ``label`` from (B, K) logits: its logit less the others' logsumexp."""
+    others = torch.cat([logits[:, :label], logits[:, label + 1 :]], dim=1)
+    return logits[:, label] - others.logsumexp(1)
 
 
 def _blacked_out(images: torch.Tensor, box: tuple[int, int, int, int], black: torch.Tensor) -> torch.Tensor:

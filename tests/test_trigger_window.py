@@ -187,6 +187,24 @@ def test_guard_labels_triggered_rows_without_the_mask_once_found():
     assert torch.equal(guarded.images, batch)  # the student still sees the trigger
 
 
+def test_lowered_rows_are_relabelled_without_another_row_to_confirm_them():
+    teacher = RegionTeacher(patch=True).eval()
+    batch = _images(64, seed=2)
+    batch[:, :, 12:15, 12:15] = 1.0  # every row holds the patch: no row is left to paste it onto
+    blacked = batch.clone()
+    blacked[:, :, 12:15, 12:15] = 0.0
+    relabelled = {}
+    for rows in ("carrying", "lowered"):
+        config = {"trigger_window": {"skip_batches": 0, "per_batch": 64, "images": 256, "rows": rows}}
+        guard = Guard(config, teacher, load_entrypoints=False)
+        for fed in _images(64 * 4).split(64):
+            guard.student_batch(fed, teacher(fed))
+        assert guard.trigger is not None and guard.trigger.mask == (12, 12, 15, 15)
+        relabelled[rows] = guard.student_batch(batch, teacher(batch)).teacher_logits
+    torch.testing.assert_close(relabelled["carrying"], teacher(batch))  # nothing confirms the trigger
+    torch.testing.assert_close(relabelled["lowered"], teacher(blacked))
+
+
 def test_guard_state_round_trips_the_search():
     teacher = RegionTeacher(patch=True).eval()
     config = {"trigger_window": {"skip_batches": 0, "per_batch": 64, "images": 256}}
@@ -216,3 +234,46 @@ def test_disabled_search_runs_nothing():
 def test_bad_search_settings_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"trigger_window.{field}"):
         GuardConfig.from_mapping({"trigger_window": {field: value}})
+
+
+def test_penalty_prices_the_trigger_and_its_gradient_draws_it_less(backdoor):
+    setting, teachers, images, _ = backdoor
+    teacher = teachers["ntl_backdoor"]
+    search = _real_search(teacher, images)
+    assert search.found is not None
+    target = setting.target_class
+    clean = setting.clean_ood_test[:64]
+    assert search.penalty(clean, teacher(clean), teacher).item() < 0.05
+    triggered = torch.cat([clean[:32], setting.ood_test.images[32:64]])  # rows 32-63 hold the trigger
+    pixels = triggered.clone().requires_grad_(True)
+    before = search.penalty(pixels, teacher(pixels), teacher)
+    assert before.item() > 0.25  # most triggered digits carry the class in the mask
+    stepped = triggered
+    for _ in range(10):  # signed steps down the penalty
+        pixels = stepped.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(search.penalty(pixels, teacher(pixels), teacher), pixels)
+        assert grad[:32].abs().sum() == 0  # the clean rows do not pay
+        stepped = (stepped - 0.05 * grad.sign()).clamp(0, 1)
+    with torch.no_grad():
+        answers_before = (teacher(triggered).argmax(1) == target).float().mean()
+        answers_after = (teacher(stepped).argmax(1) == target).float().mean()
+        assert search.penalty(stepped, teacher(stepped), teacher) < 0.5 * before
+    assert answers_before > 0.5 and answers_after < 0.1  # the steps removed the trigger, not the digits
+
+
+def test_guard_adds_the_penalty_only_once_a_trigger_is_found():
+    teacher = RegionTeacher(patch=True).eval()
+    config = {"trigger_window": {"skip_batches": 0, "per_batch": 64, "images": 256, "penalty": 2.0}}
+    guard = Guard(config, teacher, load_entrypoints=False)
+    batch = _images(64, seed=2)
+    assert guard.generator_penalty(batch).item() == 0.0  # nothing found yet: free
+    for fed in _images(64 * 4).split(64):
+        guard.student_batch(fed, teacher(fed))
+    assert guard.trigger is not None
+    expected = 2.0 * guard.trigger_search.penalty(batch, teacher(batch), teacher)
+    assert expected.item() > 0
+    torch.testing.assert_close(guard.generator_penalty(batch), expected)
+    off = Guard({**config, "trigger_window": {**config["trigger_window"], "penalty": 0.0}}, teacher)
+    for fed in _images(64 * 4).split(64):
+        off.student_batch(fed, teacher(fed))
+    assert off.trigger is not None and off.generator_penalty(batch).item() == 0.0
