@@ -266,13 +266,10 @@ class Guard:
             to ``images`` (the loop's own forward); computed if None.
         :returns: scalar tensor (zero when no penalty is configured or the
             guard is disabled); grad flows to ``images`` only, never to the teacher.
-            Once the trigger window has found a trigger, its penalty
-            (``trigger_window.penalty``) is part of the sum.
         """
         check_images(images)
         total = images.new_zeros(())
-        trigger = self.trigger if self.config.trigger_window.penalty else None
-        if not self.enabled or (not self.resolved.penalties and trigger is None):
+        if not self.enabled or not self.resolved.penalties:
             return total
         self._check_usable(images)
         with self._own_forwards() as teacher, torch.enable_grad():
@@ -292,10 +289,6 @@ class Guard:
                 if not torch.isfinite(value):
                     raise PluginError(plugin, f"penalty {choice.name!r}", "returned NaN or Inf")
                 total = total + choice.weight * value
-            if trigger is not None:
-                assert self.trigger_search is not None  # a trigger was found by it
-                value = self.trigger_search.penalty(images, logits, teacher)
-                total = total + self.config.trigger_window.penalty * value
         return total
 
     # -- student side ----------------------------------------------------------

@@ -37,11 +37,12 @@ class at least 90% as strongly as where it was drawn. The box around them
 the generator draws it, and a mask that still covers more than half of the
 image cannot be removed without removing the image: then nothing is
 relabelled. From then on :meth:`relabel` labels every student batch: a row
-whose probability of the class the mask lowers is relabelled with the
-teacher's answer without the mask when its mask content, pasted onto another
-row of the batch, makes that row answer the class too (the trigger travels
-with it; part of a clean digit of that class does not make another image
-that digit). After a search that found nothing the guard runs no extra
+whose probability of the class the mask lowers by at least 0.1 is relabelled
+with the teacher's answer without the mask, by default only when its mask
+content, pasted onto another row of the batch, makes that row answer the
+class too (the trigger travels with it; part of a clean digit of that class
+does not make another image that digit); with ``rows = "lowered"`` without
+that check. After a search that found nothing the guard runs no extra
 forward.
 """
 
@@ -66,6 +67,7 @@ _HOSTS = 256  # images the found trigger is pasted onto, at every position
 _WORKS = 0.9  # a position where the pasted trigger reaches this share of its drawn effect is masked
 _PASTES_PER_AXIS = 16  # positions per axis the trigger is pasted at, at most (plus where it was drawn)
 _TINY = 1e-6  # floor of the runner-up's drop: a teacher that ignores every other window
+_LOWERED = 0.1  # a relabelled row loses at least this much probability of the class without the mask
 #: A mask larger than this share of the image would black out the image, not a trigger: nothing is relabelled.
 MAX_MASK_FRACTION = 0.5
 
@@ -115,17 +117,10 @@ class TriggerWindowConfig(BaseModel):
     fill: StrictFloat = Field(
         default=0.0, ge=0.0, le=1.0, description="pixel value, in [0, 1], a window is blacked out with"
     )
-    rows: Literal["carrying", "lowered", "all"] = Field(
+    rows: Literal["carrying", "lowered"] = Field(
         default="carrying",
-        description="rows relabelled: those whose mask carries the class into another image, those whose "
-        "probability of the class the mask lowers by at least 0.1, or every row",
-    )
-    penalty: StrictFloat = Field(
-        default=0.0,
-        ge=0.0,
-        le=1e6,
-        description="weight of the generator penalty once a trigger is found: the teacher's log-odds of its class "
-        "that the mask carries, in nats, on the rows relabelled (0 = synthesis is not kept from the trigger)",
+        description="rows relabelled: those whose probability of the class the mask lowers by at least 0.1 and "
+        "whose mask content carries the class into another row ('carrying'), or all of the first ('lowered')",
     )
 
 
@@ -208,38 +203,10 @@ class TriggerWindowSearch:
         images, logits = images.detach(), logits.detach().float()
         with torch.no_grad():
             masked = teacher_logits(teacher, _blacked_out(images, window.mask, self._black(images))).float()
-            if self.config.rows == "all":
-                return masked
-            if self.config.rows == "lowered":
-                label = window.label
-                lowered = logits.softmax(1)[:, label] - masked.softmax(1)[:, label] >= 0.1
-                return torch.where(lowered[:, None], masked, logits)
-            carrying = _carrying(teacher, images, logits, masked, window)
-        return torch.where(carrying[:, None], masked, logits)
-
-    def penalty(self, images: torch.Tensor, logits: torch.Tensor, teacher: nn.Module) -> torch.Tensor:
-        """What the trigger is worth to synthesis: a scalar to add to the generator's loss.
-
-        The teacher's log-odds of the trigger's class that the mask carries
-        (with the mask, less without it, in nats: unlike the probability it does
-        not saturate on confident answers), summed over the rows whose mask
-        content carries the class into another image (the rows :meth:`relabel`
-        relabels) and divided by B. Its gradient lowers the teacher's answer
-        with the mask (the answer without it is a constant): synthesis cannot
-        pay it off by drawing the class elsewhere.
-
-        :param images: (B, C, H, W) in teacher units, with grad to the generator.
-        :param logits: the teacher's (B, K) logits on ``images``, with grad to them.
-        :raises RuntimeError: no trigger window was found.
-        """
-        window = self.found
-        if window is None:
-            raise RuntimeError("no trigger window found: synthesis has no trigger to be kept from")
-        with torch.no_grad():
-            masked = teacher_logits(teacher, _blacked_out(images, window.mask, self._black(images))).float()
-            carrying = _carrying(teacher, images.detach(), logits.detach().float(), masked, window)
-        carried = _log_odds(logits.float(), window.label) - _log_odds(masked, window.label)
-        return (carried * carrying).sum() / images.shape[0]
+            rows = _lowered(logits, masked, window.label)
+            if self.config.rows == "carrying":
+                rows = _carrying(teacher, images, logits, rows, window)
+        return torch.where(rows[:, None], masked, logits)
 
     def _black(self, like: torch.Tensor) -> torch.Tensor:
         """The fill pixel in teacher units, (C, 1, 1)."""
@@ -264,25 +231,27 @@ class TriggerWindowSearch:
         self.best = TriggerWindow(**{**best, "mask": tuple(best["mask"])}) if best is not None else None
 
 
+def _lowered(logits: torch.Tensor, masked: torch.Tensor, label: int) -> torch.Tensor:
+    """(B,) bool: the rows whose probability of ``label`` blacking out the mask lowers by at least ``_LOWERED``."""
+    return logits.softmax(1)[:, label] - masked.softmax(1)[:, label] >= _LOWERED
+
+
 def _carrying(
     teacher: nn.Module,
     images: torch.Tensor,
     logits: torch.Tensor,
-    masked: torch.Tensor,
+    lowered: torch.Tensor,
     window: TriggerWindow,
 ) -> torch.Tensor:
-    """(B,) bool: the rows whose mask content carries the class into another image.
+    """(B,) bool: the ``lowered`` rows whose mask content carries the class into another image.
 
-    A row is a candidate when blacking out the mask lowers its probability of ``window.label`` by at least
-    0.1; its mask content is then pasted onto a row that is no candidate and not of that class (in order,
-    cycling), and the row carries the class when that host then answers it. A clean image of the class
-    whose strokes the mask covers does not: part of a digit does not make another image that digit.
+    Each lowered row's mask content is pasted onto a row that is not lowered and not of the class (in order,
+    cycling); the row carries the class when that host then answers it. A clean image of the class whose
+    strokes the mask covers does not: part of a digit does not make another image that digit.
     """
-    probabilities = logits.softmax(1)
-    drop = probabilities[:, window.label] - masked.softmax(1)[:, window.label]
-    carrying = torch.zeros_like(drop, dtype=torch.bool)
-    candidates = (drop >= 0.1).nonzero().squeeze(1)
-    hosts = ((drop < 0.1) & (probabilities.argmax(1) != window.label)).nonzero().squeeze(1)
+    carrying = torch.zeros_like(lowered)
+    candidates = lowered.nonzero().squeeze(1)
+    hosts = (~lowered & (logits.softmax(1).argmax(1) != window.label)).nonzero().squeeze(1)
     if not len(candidates) or not len(hosts):
         return carrying
     top, left, bottom, right = window.mask
@@ -290,12 +259,6 @@ def _carrying(
     pasted[:, :, top:bottom, left:right] = images[candidates][:, :, top:bottom, left:right]
     carrying[candidates] = teacher_logits(teacher, pasted).argmax(1) == window.label
     return carrying
-
-
-def _log_odds(logits: torch.Tensor, label: int) -> torch.Tensor:
-    """(B,) ``log p / (1 - p)`` of class ``label`` from (B, K) logits: its logit less the others' logsumexp."""
-    others = torch.cat([logits[:, :label], logits[:, label + 1 :]], dim=1)
-    return logits[:, label] - others.logsumexp(1)
 
 
 def _blacked_out(images: torch.Tensor, box: tuple[int, int, int, int], black: torch.Tensor) -> torch.Tensor:

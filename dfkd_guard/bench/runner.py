@@ -309,8 +309,8 @@ def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
     temperature (there only when it is not 1, as before it could be set), so
     the guard's other fields (and their defaults) stay out of an unguarded run's id.
     The trap memory's fields stay out while it is off (``forget.memory = 0``),
-    and so does the trigger window's generator penalty (``trigger_window.penalty = 0``),
-    so such a guard hashes as it did before they existed. Version 0.2.0
+    and so does the trigger window's ``rows`` while it is ``"carrying"``, so
+    such a guard hashes as it did before they existed. Version 0.2.0
     removed ``bn_prior.estimate``, ``fixed_weight`` and ``drop_trapped`` from
     the guard config, so guarded runs stored by earlier versions have other
     ids and are trained again.
@@ -323,8 +323,6 @@ def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
     record = guard.model_dump(mode="json")
     if not guard.forget.memory:
         del record["forget"]["memory"], record["forget"]["recall"]
-    if not guard.trigger_window.penalty:
-        del record["trigger_window"]["penalty"]
     if guard.trigger_window.rows == "carrying":
         del record["trigger_window"]["rows"]
     return record
