@@ -96,6 +96,7 @@ __all__ = [
     "plot_paths",
     "rederive_report",
     "render_report",
+    "report_rows",
     "require_matplotlib",
     "settings_table",
     "shown_columns",
@@ -1009,6 +1010,14 @@ def write_report(
     path = out / f"{config.report_name}.md"
     path.write_text(render_report(config, out, command, plots=plots, invocation=invocation), encoding="utf-8")
     return path
+
+
+def report_rows(out: Path, report_name: str) -> list[RowSummary]:
+    """The rows of report ``report_name`` stored in ``out``: its stored config, the records its invocation names.
+
+    :raises DfkdGuardError: naming the file, when ``out`` holds no invocation record of that report.
+    """
+    return _stored_rows(stored_config(out, report_name), out, read_invocation(out, report_name))[0]
 
 
 def rederive_report(out: Path, report_name: str) -> str:

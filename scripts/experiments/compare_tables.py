@@ -18,16 +18,8 @@ import statistics
 from pathlib import Path
 
 from dfkd_guard.bench.config import row_label
-from dfkd_guard.bench.records import read_invocation, stored_config
-from dfkd_guard.bench.report import RowSummary, format_stat, guard_effect_table, load_rows
-
-
-def rows_of(folder: Path, report: str) -> list[RowSummary]:
-    """The rows of the report ``report`` stored in ``folder``, with the records its invocation names."""
-    invocation = read_invocation(folder, report)
-    if invocation is None:
-        raise SystemExit(f"{folder}: no invocations/{report}.json")
-    return load_rows(stored_config(folder, report), folder, invocation["runs"])
+from dfkd_guard.bench.report import format_stat, guard_effect_table, report_rows
+from dfkd_guard.errors import DfkdGuardError
 
 
 def main() -> None:
@@ -36,7 +28,10 @@ def main() -> None:
     parser.add_argument("second", type=Path)
     parser.add_argument("--report", default="report", help="invocation record name in both folders")
     args = parser.parse_args()
-    first, second = rows_of(args.first, args.report), rows_of(args.second, args.report)
+    try:
+        first, second = report_rows(args.first, args.report), report_rows(args.second, args.report)
+    except DfkdGuardError as error:
+        raise SystemExit(str(error)) from None
     for name, folder, rows in (("A", args.first, first), ("B", args.second, second)):
         cpus = sorted({cpu for row in rows for cpu in row.cpu_models()})
         print(f"{name}: {folder} ({', '.join(cpus)})")

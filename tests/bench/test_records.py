@@ -10,9 +10,17 @@ import pytest
 
 from dfkd_guard.bench.config import BenchConfig
 from dfkd_guard.bench.records import compact_json, stored_config, stored_report_names
-from dfkd_guard.bench.report import RowSummary, guard_effect_table, main_table, rederive_report, render_report
+from dfkd_guard.bench.report import (
+    RowSummary,
+    guard_effect_table,
+    main_table,
+    rederive_report,
+    render_report,
+    report_rows,
+)
 from dfkd_guard.bench.seed_statistics import paired_differences, student_t_cdf, student_t_quantile, summarize
 from dfkd_guard.cli import main
+from dfkd_guard.errors import DfkdGuardError
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 TINY = ["--tiny", "--settings", "rotated_mnist", "--adapters", "vanilla", "--seeds", "0,1,2"]
@@ -208,3 +216,11 @@ def test_rederive_takes_no_config_option(tmp_path: Path, capsys: pytest.CaptureF
 def test_committed_bench_configs_are_valid(path: Path) -> None:
     # a committed config that no longer reads would leave its report without a command to rerun it
     BenchConfig.from_file(path)
+
+
+def test_report_rows_are_the_rows_its_report_shows(tmp_path: Path) -> None:
+    bench = BENCHMARKS / "bench"
+    rows = report_rows(bench, "report")
+    assert main_table(rows) in (bench / "report.md").read_text(encoding="utf-8")
+    with pytest.raises(DfkdGuardError, match=r"invocations.*report\.json"):
+        report_rows(tmp_path, "report")
