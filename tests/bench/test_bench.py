@@ -210,10 +210,11 @@ def test_run_ids_are_stable_and_follow_the_run_config() -> None:
     changed = {
         run_id(config.updated(budgets={"vanilla": {"iterations": 3, "kd_steps": 1, "eval_every": 1}}), spec),
         run_id(config.updated(guard={"scorer": "energy"}), spec),
+        run_id(config.updated(guard={"trigger_window": {"rows": "lowered"}}), spec),
         run_id(config.updated(teacher_steps=21), spec),
         run_id(config, RunSpec("backdoor", "vanilla", "ntl_guard", 1)),
     }
-    assert run_id(config, spec) not in changed and len(changed) == 4
+    assert run_id(config, spec) not in changed and len(changed) == 5
     # An unguarded row does not depend on the guard of the guarded rows' weighting.
     sl = RunSpec("backdoor", "vanilla", "sl", 0)
     soft = config.updated(guard={**config.guard.model_dump(mode="json"), "weighting": "soft"})
