@@ -203,9 +203,10 @@ class TriggerWindowSearch:
         images, logits = images.detach(), logits.detach().float()
         with torch.no_grad():
             masked = teacher_logits(teacher, _blacked_out(images, window.mask, self._black(images))).float()
-            rows = _lowered(logits, masked, window.label)
+            probabilities = logits.softmax(1)
+            rows = _lowered(probabilities, masked, window.label)
             if self.config.rows == "carrying":
-                rows = _carrying(teacher, images, logits, rows, window)
+                rows = _carrying(teacher, images, probabilities, rows, window)
         return torch.where(rows[:, None], masked, logits)
 
     def _black(self, like: torch.Tensor) -> torch.Tensor:
@@ -231,15 +232,19 @@ class TriggerWindowSearch:
         self.best = TriggerWindow(**{**best, "mask": tuple(best["mask"])}) if best is not None else None
 
 
-def _lowered(logits: torch.Tensor, masked: torch.Tensor, label: int) -> torch.Tensor:
-    """(B,) bool: the rows whose probability of ``label`` blacking out the mask lowers by at least ``_LOWERED``."""
-    return logits.softmax(1)[:, label] - masked.softmax(1)[:, label] >= _LOWERED
+def _lowered(probabilities: torch.Tensor, masked: torch.Tensor, label: int) -> torch.Tensor:
+    """(B,) bool: the rows whose probability of ``label`` blacking out the mask lowers by at least ``_LOWERED``.
+
+    :param probabilities: the teacher's (B, K) probabilities on the images as they are.
+    :param masked: its (B, K) logits with the mask blacked out.
+    """
+    return probabilities[:, label] - masked.softmax(1)[:, label] >= _LOWERED
 
 
 def _carrying(
     teacher: nn.Module,
     images: torch.Tensor,
-    logits: torch.Tensor,
+    probabilities: torch.Tensor,
     lowered: torch.Tensor,
     window: TriggerWindow,
 ) -> torch.Tensor:
@@ -251,7 +256,7 @@ def _carrying(
     """
     carrying = torch.zeros_like(lowered)
     candidates = lowered.nonzero().squeeze(1)
-    hosts = (~lowered & (logits.softmax(1).argmax(1) != window.label)).nonzero().squeeze(1)
+    hosts = (~lowered & (probabilities.argmax(1) != window.label)).nonzero().squeeze(1)
     if not len(candidates) or not len(hosts):
         return carrying
     top, left, bottom, right = window.mask
