@@ -38,12 +38,12 @@ the generator draws it, and a mask that still covers more than half of the
 image cannot be removed without removing the image: then nothing is
 relabelled. From then on :meth:`relabel` labels every student batch: a row
 whose probability of the class the mask lowers by at least 0.1 is relabelled
-with the teacher's answer without the mask, by default only when its mask
-content, pasted onto another row of the batch, makes that row answer the
-class too (the trigger travels with it; part of a clean digit of that class
-does not make another image that digit); with ``rows = "lowered"`` without
-that check. After a search that found nothing the guard runs no extra
-forward.
+with the teacher's answer without the mask (``rows = "lowered"``, the
+default). With ``rows = "carrying"`` only when its mask content, pasted onto
+another row of the batch, also makes that row answer the class (the trigger
+travels with it; part of a clean digit of that class does not make another
+image that digit); that check lets a trigger the generator draws only partly
+through. After a search that found nothing the guard runs no extra forward.
 """
 
 from __future__ import annotations
@@ -117,10 +117,10 @@ class TriggerWindowConfig(BaseModel):
     fill: StrictFloat = Field(
         default=0.0, ge=0.0, le=1.0, description="pixel value, in [0, 1], a window is blacked out with"
     )
-    rows: Literal["carrying", "lowered"] = Field(
-        default="carrying",
-        description="rows relabelled: those whose probability of the class the mask lowers by at least 0.1 and "
-        "whose mask content carries the class into another row ('carrying'), or all of the first ('lowered')",
+    rows: Literal["lowered", "carrying"] = Field(
+        default="lowered",
+        description="rows relabelled: those whose probability of the class the mask lowers by at least 0.1 "
+        "('lowered'), or only those of them whose mask content carries the class into another row ('carrying')",
     )
 
 

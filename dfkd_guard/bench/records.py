@@ -20,6 +20,7 @@ from dfkd_guard.serialization import write_json_atomic
 
 from .config import BenchConfig
 from .runner import (
+    EARLIER_GUARD_VALUES,
     enumerate_runs,
     ntl_kind,
     run_id,
@@ -108,7 +109,17 @@ def stored_config(out: Path, report_name: str) -> BenchConfig:
             f"{invocation_path(out, report_name)}: no invocation record of report {report_name!r}; "
             f"stored: {', '.join(stored_report_names(out)) or 'none'}"
         )
-    return BenchConfig.from_mapping(record["config"])
+    return BenchConfig.from_mapping(_with_earlier_guard_values(record["config"]))
+
+
+def _with_earlier_guard_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config record with the guard fields it predates set to the values its runs ran with."""
+    guards = [config["guard"], *config.get("guard_variants", {}).values()]
+    for guard in guards:
+        for (section, name), earlier in EARLIER_GUARD_VALUES.items():
+            if section in guard:
+                guard[section].setdefault(name, earlier)
+    return config
 
 
 def report_command(config: BenchConfig, out: Path, command: str | None) -> str:

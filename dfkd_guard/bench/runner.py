@@ -102,6 +102,7 @@ from .threads import one_thread
 
 __all__ = [
     "CODE_VERSION",
+    "EARLIER_GUARD_VALUES",
     "FINAL_WINDOW",
     "POOL_SAMPLE",
     "BenchSummary",
@@ -130,6 +131,13 @@ __all__ = [
     "training_groups",
 ]
 
+#: Guard fields added after runs were first stored, each with the value the runs stored before ran with:
+#: a run config leaves such a field out while it holds that value (:func:`guard_record`), and a stored
+#: config without it is read with it (:func:`dfkd_guard.bench.records.stored_config`).
+EARLIER_GUARD_VALUES: dict[tuple[str, str], Any] = {
+    ("forget", "memory"): 0,
+    ("trigger_window", "rows"): "carrying",
+}
 CODE_VERSION = "dfkd_guard.bench.runner/6"  # 5: DAgr, pool metrics, phase timing; 6: dfkd_seed
 """Part of every run id: bump it whenever the run code changes its results."""
 #: Evaluations averaged into a run's final metrics (IAcc is the mean of the last 3).
@@ -308,9 +316,9 @@ def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
     A disabled guard acts only through its normalization and its KD
     temperature (there only when it is not 1, as before it could be set), so
     the guard's other fields (and their defaults) stay out of an unguarded run's id.
-    The trap memory's fields stay out while it is off (``forget.memory = 0``),
-    and so does the trigger window's ``rows`` while it is ``"carrying"``, so
-    such a guard hashes as it did before they existed. Version 0.2.0
+    A field of :data:`EARLIER_GUARD_VALUES` stays out while it holds the value
+    runs had before it existed, and the trap memory's ``recall`` while the
+    memory is off, so such a guard hashes as it did then. Version 0.2.0
     removed ``bn_prior.estimate``, ``fixed_weight`` and ``drop_trapped`` from
     the guard config, so guarded runs stored by earlier versions have other
     ids and are trained again.
@@ -321,10 +329,11 @@ def guard_record(guard: GuardConfig, guarded: bool) -> dict[str, Any]:
             record["kd_temperature"] = guard.kd_temperature
         return record
     record = guard.model_dump(mode="json")
+    for (section, name), earlier in EARLIER_GUARD_VALUES.items():
+        if record[section][name] == earlier:
+            del record[section][name]
     if not guard.forget.memory:
-        del record["forget"]["memory"], record["forget"]["recall"]
-    if guard.trigger_window.rows == "carrying":
-        del record["trigger_window"]["rows"]
+        del record["forget"]["recall"]
     return record
 
 

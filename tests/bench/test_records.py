@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dfkd_guard.bench.config import BenchConfig
-from dfkd_guard.bench.records import compact_json, stored_config, stored_report_names
+from dfkd_guard.bench.records import compact_json, record_names, stored_config, stored_report_names
 from dfkd_guard.bench.report import (
     RowSummary,
     guard_effect_table,
@@ -224,3 +224,13 @@ def test_report_rows_are_the_rows_its_report_shows(tmp_path: Path) -> None:
     assert main_table(rows) in (bench / "report.md").read_text(encoding="utf-8")
     with pytest.raises(DfkdGuardError, match=r"invocations.*report\.json"):
         report_rows(tmp_path, "report")
+
+
+def test_a_stored_config_reads_guard_fields_it_predates_with_the_values_its_runs_ran_with() -> None:
+    # the default table was stored before trigger_window.rows existed (the relabelling was then "carrying")
+    bench = BENCHMARKS / "bench"
+    stored = json.loads((bench / "invocations" / "report.json").read_text(encoding="utf-8"))
+    assert "rows" not in stored["config"]["guard"]["trigger_window"]
+    config = stored_config(bench, "report")
+    assert config.guard.trigger_window.rows == "carrying" != BenchConfig().guard.trigger_window.rows
+    assert record_names(config)["runs"] == stored["runs"]  # the ids its records were stored under
