@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from dfkd_guard.bench.config import BenchConfig
-from dfkd_guard.bench.records import compact_json, record_names, stored_config, stored_report_names
+from dfkd_guard.bench.records import (
+    INVOCATIONS,
+    compact_json,
+    record_names,
+    stored_config,
+    stored_report_names,
+)
 from dfkd_guard.bench.report import (
     RowSummary,
     guard_effect_table,
@@ -216,6 +222,28 @@ def test_rederive_takes_no_config_option(tmp_path: Path, capsys: pytest.CaptureF
 def test_committed_bench_configs_are_valid(path: Path) -> None:
     # a committed config that no longer reads would leave its report without a command to rerun it
     BenchConfig.from_file(path)
+
+
+def _configs_with_committed_reports() -> list[tuple[Path, Path]]:
+    """Each committed config whose report has an invocation record in a committed folder, with that record."""
+    pairs = []
+    for path in sorted(BENCHMARKS.glob("**/*.toml")):
+        name = BenchConfig.from_file(path).report_name
+        pairs += [(path, record) for record in sorted(BENCHMARKS.glob(f"**/{INVOCATIONS}/{name}.json"))]
+    return pairs
+
+
+def test_committed_configs_name_the_runs_their_committed_reports_read() -> None:
+    # a config whose ids moved (a default changed under it) would train its report's runs again, and differently
+    pairs = _configs_with_committed_reports()
+    assert len(pairs) >= 10
+    problems = [
+        f"{path.relative_to(BENCHMARKS)} does not name the runs of {record.relative_to(BENCHMARKS)}"
+        for path, record in pairs
+        if record_names(BenchConfig.from_file(path))["runs"]
+        != json.loads(record.read_text(encoding="utf-8"))["runs"]
+    ]
+    assert not problems, "\n".join(problems)
 
 
 def test_report_rows_are_the_rows_its_report_shows(tmp_path: Path) -> None:
