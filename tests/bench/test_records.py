@@ -224,24 +224,27 @@ def test_committed_bench_configs_are_valid(path: Path) -> None:
     BenchConfig.from_file(path)
 
 
-def _configs_with_committed_reports() -> list[tuple[Path, Path]]:
-    """Each committed config whose report has an invocation record in a committed folder, with that record."""
-    pairs = []
+def _configs_with_committed_reports() -> list[tuple[str, BenchConfig, Path]]:
+    """The default config with the default table's invocation record, and each committed config whose report
+    has an invocation record in a committed folder, with that record."""
+    pairs = [
+        ("the default config", BenchConfig(), BENCHMARKS / "default_table" / INVOCATIONS / "report.json")
+    ]
     for path in sorted(BENCHMARKS.glob("**/*.toml")):
-        name = BenchConfig.from_file(path).report_name
-        pairs += [(path, record) for record in sorted(BENCHMARKS.glob(f"**/{INVOCATIONS}/{name}.json"))]
+        config = BenchConfig.from_file(path)
+        records = sorted(BENCHMARKS.glob(f"**/{INVOCATIONS}/{config.report_name}.json"))
+        pairs += [(str(path.relative_to(BENCHMARKS)), config, record) for record in records]
     return pairs
 
 
 def test_committed_configs_name_the_runs_their_committed_reports_read() -> None:
     # a config whose ids moved (a default changed under it) would train its report's runs again, and differently
     pairs = _configs_with_committed_reports()
-    assert len(pairs) >= 10
+    assert len(pairs) >= 10 and pairs[0][2].is_file()
     problems = [
-        f"{path.relative_to(BENCHMARKS)} does not name the runs of {record.relative_to(BENCHMARKS)}"
-        for path, record in pairs
-        if record_names(BenchConfig.from_file(path))["runs"]
-        != json.loads(record.read_text(encoding="utf-8"))["runs"]
+        f"{name} does not name the runs of {record.relative_to(BENCHMARKS)}"
+        for name, config, record in pairs
+        if record_names(config)["runs"] != json.loads(record.read_text(encoding="utf-8"))["runs"]
     ]
     assert not problems, "\n".join(problems)
 
