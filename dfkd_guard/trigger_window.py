@@ -117,8 +117,6 @@ class TriggerWindowConfig(BaseModel):
     fill: StrictFloat = Field(
         default=0.0, ge=0.0, le=1.0, description="pixel value, in [0, 1], a window is blacked out with"
     )
-    at_kd_temperature: StrictBool = Field(default=False, description="EXPERIMENT: measure the drop at the KD temperature")
-    margin: StrictInt = Field(default=0, ge=0, le=64, description="EXPERIMENT: pixels added around the mask when relabelling")
     rows: Literal["lowered", "carrying"] = Field(
         default="lowered",
         description="rows relabelled: those whose probability of the class the mask lowers by at least 0.1 "
@@ -192,9 +190,7 @@ class TriggerWindowSearch:
                 teacher, kept.to(images.device, images.dtype), self._black(images), self.config
             )
 
-    def relabel(
-        self, images: torch.Tensor, logits: torch.Tensor, teacher: nn.Module, temperature: float = 1.0
-    ) -> torch.Tensor:
+    def relabel(self, images: torch.Tensor, logits: torch.Tensor, teacher: nn.Module) -> torch.Tensor:
         """The teacher's (B, K) float logits, with the mask blacked out on the rows whose mask holds the trigger.
 
         :param images: (B, C, H, W) in teacher units.
@@ -206,15 +202,9 @@ class TriggerWindowSearch:
             raise RuntimeError("no trigger window found: there is nothing to relabel without")
         images, logits = images.detach(), logits.detach().float()
         with torch.no_grad():
-            m = self.config.margin
-            top, left, bottom, right = window.mask
-            box = (max(top - m, 0), max(left - m, 0), bottom + m, right + m)
-            masked = teacher_logits(teacher, _blacked_out(images, box, self._black(images))).float()
+            masked = teacher_logits(teacher, _blacked_out(images, window.mask, self._black(images))).float()
             probabilities = logits.softmax(1)
-            if self.config.at_kd_temperature:
-                rows = _lowered((logits / temperature).softmax(1), masked / temperature, window.label)
-            else:
-                rows = _lowered(probabilities, masked, window.label)
+            rows = _lowered(probabilities, masked, window.label)
             if self.config.rows == "carrying":
                 rows = _carrying(teacher, images, probabilities, rows, window)
         return torch.where(rows[:, None], masked, logits)
