@@ -117,8 +117,6 @@ class TriggerWindowConfig(BaseModel):
     fill: StrictFloat = Field(
         default=0.0, ge=0.0, le=1.0, description="pixel value, in [0, 1], a window is blacked out with"
     )
-    margin: StrictInt = Field(default=0, ge=0, le=64, description="EXPERIMENT: pixels added around the mask")
-    target: Literal["masked", "odds"] = Field(default="masked", description="EXPERIMENT: relabelled target")
     rows: Literal["lowered", "carrying"] = Field(
         default="lowered",
         description="rows relabelled: those whose probability of the class the mask lowers by at least 0.1 "
@@ -204,16 +202,11 @@ class TriggerWindowSearch:
             raise RuntimeError("no trigger window found: there is nothing to relabel without")
         images, logits = images.detach(), logits.detach().float()
         with torch.no_grad():
-            m = self.config.margin
-            top, left, bottom, right = window.mask
-            box = (max(top - m, 0), max(left - m, 0), bottom + m, right + m)
-            masked = teacher_logits(teacher, _blacked_out(images, box, self._black(images))).float()
+            masked = teacher_logits(teacher, _blacked_out(images, window.mask, self._black(images))).float()
             probabilities = logits.softmax(1)
             rows = _lowered(probabilities, masked, window.label)
             if self.config.rows == "carrying":
                 rows = _carrying(teacher, images, probabilities, rows, window)
-        if self.config.target == "odds":
-            masked = _with_class_odds(logits, masked, window.label)
         return torch.where(rows[:, None], masked, logits)
 
     def _black(self, like: torch.Tensor) -> torch.Tensor:
@@ -237,15 +230,6 @@ class TriggerWindowSearch:
         self.searched = bool(state["searched"])
         best = state["best"]
         self.best = TriggerWindow(**{**best, "mask": tuple(best["mask"])}) if best is not None else None
-
-
-def _with_class_odds(logits: torch.Tensor, masked: torch.Tensor, label: int) -> torch.Tensor:
-    """EXPERIMENT: ``logits`` with class ``label``'s log-odds those of ``masked``, the other classes kept."""
-    others = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
-    others[label] = False
-    out = logits.clone()
-    out[:, label] = masked[:, label] - masked[:, others].logsumexp(1) + logits[:, others].logsumexp(1)
-    return out
 
 
 def _lowered(probabilities: torch.Tensor, masked: torch.Tensor, label: int) -> torch.Tensor:
