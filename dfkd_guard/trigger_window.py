@@ -117,7 +117,6 @@ class TriggerWindowConfig(BaseModel):
     fill: StrictFloat = Field(
         default=0.0, ge=0.0, le=1.0, description="pixel value, in [0, 1], a window is blacked out with"
     )
-    margin: StrictInt = Field(default=0, ge=0, le=64, description="EXPERIMENT: pixels added around the mask")
     rows: Literal["lowered", "carrying"] = Field(
         default="lowered",
         description="rows relabelled: those whose probability of the class the mask lowers by at least 0.1 "
@@ -203,10 +202,7 @@ class TriggerWindowSearch:
             raise RuntimeError("no trigger window found: there is nothing to relabel without")
         images, logits = images.detach(), logits.detach().float()
         with torch.no_grad():
-            m = self.config.margin
-            top, left, bottom, right = window.mask
-            box = (max(top - m, 0), max(left - m, 0), bottom + m, right + m)
-            masked = teacher_logits(teacher, _blacked_out(images, box, self._black(images))).float()
+            masked = teacher_logits(teacher, _blacked_out(images, window.mask, self._black(images))).float()
             probabilities = logits.softmax(1)
             rows = _lowered(probabilities, masked, window.label)
             if self.config.rows == "carrying":
