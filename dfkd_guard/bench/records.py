@@ -125,7 +125,7 @@ def _with_earlier_guard_values(config: dict[str, Any]) -> dict[str, Any]:
 def report_command(config: BenchConfig, out: Path, command: str | None) -> str:
     """The command a report names: the stored one when its config is ``config``, else ``command``."""
     record = read_invocation(out, config.report_name)
-    if record is not None and record["config"] == config_record(config):
+    if record is not None and _with_earlier_guard_values(record["config"]) == config_record(config):
         return str(record["command"])
     return command or "(run from Python)"
 

@@ -12,7 +12,9 @@ from dfkd_guard.bench.config import BenchConfig
 from dfkd_guard.bench.records import (
     INVOCATIONS,
     compact_json,
+    read_invocation,
     record_names,
+    report_command,
     stored_config,
     stored_report_names,
 )
@@ -260,8 +262,9 @@ def test_report_rows_are_the_rows_its_report_shows(tmp_path: Path) -> None:
 def test_a_stored_config_reads_guard_fields_it_predates_with_the_values_its_runs_ran_with() -> None:
     # the default table was stored before trigger_window.rows existed (the relabelling was then "carrying")
     bench = BENCHMARKS / "bench"
-    stored = json.loads((bench / "invocations" / "report.json").read_text(encoding="utf-8"))
+    stored = read_invocation(bench, "report")
     assert "rows" not in stored["config"]["guard"]["trigger_window"]
     config = stored_config(bench, "report")
     assert config.guard.trigger_window.rows == "carrying" != BenchConfig().guard.trigger_window.rows
     assert record_names(config)["runs"] == stored["runs"]  # the ids its records were stored under
+    assert report_command(config, bench, "another command") == stored["command"]  # the same config
