@@ -587,9 +587,10 @@ class Guard:
     ) -> GuardedBatch:
         if self.trigger_search is not None and self.trigger_search.found is not None:
             with self._own_forwards() as teacher:
-                logits = self.trigger_search.relabel(self._as_teacher_input(images), logits, teacher).to(
-                    logits
+                relabelled, labels = self.trigger_search.relabel(
+                    self._as_teacher_input(images), logits, teacher
                 )
+                images, logits = relabelled.to(images), labels.to(logits)
         recalled = self._recall()
         if recalled is not None:
             count = recalled.shape[0]
