@@ -587,10 +587,9 @@ class Guard:
     ) -> GuardedBatch:
         if self.trigger_search is not None and self.trigger_search.found is not None:
             with self._own_forwards() as teacher:
-                relabelled, labels = self.trigger_search.relabel(
-                    self._as_teacher_input(images), logits, teacher
+                logits = self.trigger_search.relabel(self._as_teacher_input(images), logits, teacher).to(
+                    logits
                 )
-                images, logits = relabelled.to(images), labels.to(logits)
         recalled = self._recall()
         if recalled is not None:
             count = recalled.shape[0]

@@ -117,12 +117,6 @@ class TriggerWindowConfig(BaseModel):
     fill: StrictFloat = Field(
         default=0.0, ge=0.0, le=1.0, description="pixel value, in [0, 1], a window is blacked out with"
     )
-    target: Literal["masked", "transplanted"] = Field(
-        default="masked",
-        description="EXPERIMENT: a relabelled row is labelled with the teacher's answer with the mask blacked out "
-        "('masked'), or replaced by another row of the batch with its mask content pasted in, labelled with "
-        "that row's answer as drawn ('transplanted')",
-    )
     rows: Literal["lowered", "carrying"] = Field(
         default="lowered",
         description="rows relabelled: those whose probability of the class the mask lowers by at least 0.1 "
@@ -196,9 +190,7 @@ class TriggerWindowSearch:
                 teacher, kept.to(images.device, images.dtype), self._black(images), self.config
             )
 
-    def relabel(
-        self, images: torch.Tensor, logits: torch.Tensor, teacher: nn.Module
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def relabel(self, images: torch.Tensor, logits: torch.Tensor, teacher: nn.Module) -> torch.Tensor:
         """The teacher's (B, K) float logits, with the mask blacked out on the rows whose mask holds the trigger.
 
         :param images: (B, C, H, W) in teacher units.
@@ -215,20 +207,7 @@ class TriggerWindowSearch:
             rows = _lowered(probabilities, masked, window.label)
             if self.config.rows == "carrying":
                 rows = _carrying(teacher, images, probabilities, rows, window)
-            if self.config.target == "transplanted":
-                hosts = (~rows & (probabilities.argmax(1) != window.label)).nonzero().squeeze(1)
-                if len(hosts):
-                    replaced = rows.nonzero().squeeze(1)
-                    chosen = hosts[torch.arange(len(replaced), device=hosts.device) % len(hosts)]
-                    top, left, bottom, right = window.mask
-                    pasted = images[chosen].clone()
-                    pasted[:, :, top:bottom, left:right] = images[replaced][:, :, top:bottom, left:right]
-                    images = images.clone()
-                    images[replaced] = pasted
-                    logits = logits.clone()
-                    logits[replaced] = logits[chosen]
-                    return images, logits
-        return images, torch.where(rows[:, None], masked, logits)
+        return torch.where(rows[:, None], masked, logits)
 
     def _black(self, like: torch.Tensor) -> torch.Tensor:
         """The fill pixel in teacher units, (C, 1, 1)."""

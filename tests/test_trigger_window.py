@@ -144,7 +144,7 @@ def test_relabelling_a_real_backdoor_spares_clean_digits_of_its_class(backdoor):
     batch = torch.cat([ours, triggered])
     with torch.no_grad():
         logits = teacher(batch)
-        answers = search.relabel(batch, logits, teacher)[1].argmax(1)
+        answers = search.relabel(batch, logits, teacher).argmax(1)
     assert (logits[len(ours) :].argmax(1) == target).float().mean() > 0.9  # the backdoor works
     assert (answers[len(ours) :] != target).float().mean() > 0.9  # the relabelled answers ignore it
     assert (answers[: len(ours)] == target).float().mean() > 0.8  # clean digits of the class keep it
