@@ -269,7 +269,8 @@ class Guard:
         """
         check_images(images)
         total = images.new_zeros(())
-        if not self.enabled or not self.resolved.penalties:
+        trigger = self.trigger if self.config.trigger_window.penalty else None
+        if not self.enabled or (not self.resolved.penalties and trigger is None):
             return total
         self._check_usable(images)
         with self._own_forwards() as teacher, torch.enable_grad():
@@ -289,6 +290,10 @@ class Guard:
                 if not torch.isfinite(value):
                     raise PluginError(plugin, f"penalty {choice.name!r}", "returned NaN or Inf")
                 total = total + choice.weight * value
+            if trigger is not None:
+                assert self.trigger_search is not None
+                value = self.trigger_search.penalty(self._as_teacher_input(images), logits, teacher)
+                total = total + self.config.trigger_window.penalty * value
         return total
 
     # -- student side ----------------------------------------------------------
