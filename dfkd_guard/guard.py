@@ -269,8 +269,7 @@ class Guard:
         """
         check_images(images)
         total = images.new_zeros(())
-        trigger = self.trigger if self.config.trigger_window.penalty else None
-        if not self.enabled or (not self.resolved.penalties and trigger is None):
+        if not self.enabled or not self.resolved.penalties:
             return total
         self._check_usable(images)
         with self._own_forwards() as teacher, torch.enable_grad():
@@ -290,10 +289,6 @@ class Guard:
                 if not torch.isfinite(value):
                     raise PluginError(plugin, f"penalty {choice.name!r}", "returned NaN or Inf")
                 total = total + choice.weight * value
-            if trigger is not None:
-                assert self.trigger_search is not None
-                value = self.trigger_search.penalty(self._as_teacher_input(images), logits, teacher)
-                total = total + self.config.trigger_window.penalty * value
         return total
 
     # -- student side ----------------------------------------------------------

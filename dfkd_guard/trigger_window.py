@@ -117,13 +117,6 @@ class TriggerWindowConfig(BaseModel):
     fill: StrictFloat = Field(
         default=0.0, ge=0.0, le=1.0, description="pixel value, in [0, 1], a window is blacked out with"
     )
-    penalty: StrictFloat = Field(
-        default=0.0,
-        ge=0.0,
-        le=1e6,
-        description="EXPERIMENT: weight of a generator penalty once a trigger is found, the teacher's log-odds of "
-        "its class that the mask carries on the rows relabelled",
-    )
     rows: Literal["lowered", "carrying"] = Field(
         default="lowered",
         description="rows relabelled: those whose probability of the class the mask lowers by at least 0.1 "
@@ -216,21 +209,6 @@ class TriggerWindowSearch:
                 rows = _carrying(teacher, images, probabilities, rows, window)
         return torch.where(rows[:, None], masked, logits)
 
-    def penalty(self, images: torch.Tensor, logits: torch.Tensor, teacher: nn.Module) -> torch.Tensor:
-        """EXPERIMENT: the teacher's log-odds of the class the mask carries, summed over the relabelled rows / B."""
-        window = self.found
-        assert window is not None
-        with torch.no_grad():
-            masked = teacher_logits(
-                teacher, _blacked_out(images.detach(), window.mask, self._black(images))
-            ).float()
-            probabilities = logits.detach().float().softmax(1)
-            rows = _lowered(probabilities, masked, window.label)
-            if self.config.rows == "carrying":
-                rows = _carrying(teacher, images.detach(), probabilities, rows, window)
-        carried = _log_odds(logits.float(), window.label) - _log_odds(masked, window.label)
-        return (carried * rows).sum() / images.shape[0]
-
     def _black(self, like: torch.Tensor) -> torch.Tensor:
         """The fill pixel in teacher units, (C, 1, 1)."""
         pixel = torch.full((1, like.shape[1], 1, 1), self.config.fill, dtype=like.dtype, device=like.device)
@@ -286,11 +264,6 @@ def _carrying(
     pasted[:, :, top:bottom, left:right] = images[candidates][:, :, top:bottom, left:right]
     carrying[candidates] = teacher_logits(teacher, pasted).argmax(1) == window.label
     return carrying
-
-
-def _log_odds(logits: torch.Tensor, label: int) -> torch.Tensor:
-    others = torch.cat([logits[:, :label], logits[:, label + 1 :]], dim=1)
-    return logits[:, label] - others.logsumexp(1)
 
 
 def _blacked_out(images: torch.Tensor, box: tuple[int, int, int, int], black: torch.Tensor) -> torch.Tensor:
