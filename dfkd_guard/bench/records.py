@@ -123,11 +123,18 @@ def _with_earlier_guard_values(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def report_command(config: BenchConfig, out: Path, command: str | None) -> str:
-    """The command a report names: the stored one when its config is ``config``, else ``command``."""
+    """The command a report names: the stored one when its config is ``config``, else ``command``.
+
+    ``import_dir`` is left out of the comparison: a config file read from another folder, or through
+    another path to it, is the same config.
+    """
     record = read_invocation(out, config.report_name)
-    if record is not None and _with_earlier_guard_values(record["config"]) == config_record(config):
-        return str(record["command"])
-    return command or "(run from Python)"
+    if record is None:
+        return command or "(run from Python)"
+    stored, current = _with_earlier_guard_values(record["config"]), config_record(config)
+    for data in (stored, current):
+        data.pop("import_dir", None)
+    return str(record["command"]) if stored == current else command or "(run from Python)"
 
 
 def teacher_record_ids(config: BenchConfig) -> list[str]:

@@ -268,3 +268,12 @@ def test_a_stored_config_reads_guard_fields_it_predates_with_the_values_its_runs
     assert config.guard.trigger_window.rows == "carrying" != BenchConfig().guard.trigger_window.rows
     assert record_names(config)["runs"] == stored["runs"]  # the ids its records were stored under
     assert report_command(config, bench, "another command") == stored["command"]  # the same config
+
+
+def test_a_report_keeps_its_command_whichever_folder_its_config_is_read_from() -> None:
+    # trigger_blend's invocation was stored with import_dir "docs/benchmarks", run from the repository root
+    bench = BENCHMARKS / "bench"
+    stored = read_invocation(bench, "trigger_blend")
+    config = BenchConfig.from_file((BENCHMARKS / "trigger_blend.toml").resolve())
+    assert str(config.import_dir) != stored["config"]["import_dir"]
+    assert report_command(config, bench, "another command") == stored["command"]
