@@ -125,8 +125,8 @@ def _with_earlier_guard_values(config: dict[str, Any]) -> dict[str, Any]:
 def report_command(config: BenchConfig, out: Path, command: str | None) -> str:
     """The command a report names: the stored one when its config is ``config``, else ``command``.
 
-    ``import_dir`` is left out of the comparison: a config file read from another folder, or through
-    another path to it, is the same config.
+    ``import_dir`` is left out of the comparison: it says where the config file was read from (a relative
+    or an absolute path to its folder), not what ran.
     """
     record = read_invocation(out, config.report_name)
     if record is None:
