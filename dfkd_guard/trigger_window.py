@@ -117,12 +117,6 @@ class TriggerWindowConfig(BaseModel):
     fill: StrictFloat = Field(
         default=0.0, ge=0.0, le=1.0, description="pixel value, in [0, 1], a window is blacked out with"
     )
-    target: Literal["masked", "localised"] = Field(
-        default="masked",
-        description="EXPERIMENT: a relabelled row is labelled with the teacher's answer with the mask blacked out "
-        "('masked'), or with only the window of the found side, inside the mask grown by 1 px, that lowers the "
-        "class most, where it removes 90% of what the grown mask removes ('localised')",
-    )
     rows: Literal["lowered", "carrying"] = Field(
         default="lowered",
         description="rows relabelled: those whose probability of the class the mask lowers by at least 0.1 "
@@ -208,21 +202,11 @@ class TriggerWindowSearch:
             raise RuntimeError("no trigger window found: there is nothing to relabel without")
         images, logits = images.detach(), logits.detach().float()
         with torch.no_grad():
-            box = window.mask
-            if self.config.target == "localised":
-                height, width = images.shape[2:]
-                top, left, bottom, right = box
-                box = (max(top - 1, 0), max(left - 1, 0), min(bottom + 1, height), min(right + 1, width))
-            masked = teacher_logits(teacher, _blacked_out(images, box, self._black(images))).float()
+            masked = teacher_logits(teacher, _blacked_out(images, window.mask, self._black(images))).float()
             probabilities = logits.softmax(1)
             rows = _lowered(probabilities, masked, window.label)
             if self.config.rows == "carrying":
                 rows = _carrying(teacher, images, probabilities, rows, window)
-            if self.config.target == "localised" and rows.any():
-                masked = masked.clone()
-                masked[rows] = _localised(
-                    teacher, images[rows], probabilities[rows], masked[rows], box, window, self._black(images)
-                )
         return torch.where(rows[:, None], masked, logits)
 
     def _black(self, like: torch.Tensor) -> torch.Tensor:
@@ -255,38 +239,6 @@ def _lowered(probabilities: torch.Tensor, masked: torch.Tensor, label: int) -> t
     :param masked: its (B, K) logits with the mask blacked out.
     """
     return probabilities[:, label] - masked.softmax(1)[:, label] >= _LOWERED
-
-
-def _localised(
-    teacher: nn.Module,
-    images: torch.Tensor,
-    probabilities: torch.Tensor,
-    masked: torch.Tensor,
-    box: tuple[int, int, int, int],
-    window: TriggerWindow,
-    black: torch.Tensor,
-) -> torch.Tensor:
-    """EXPERIMENT: per row, the answer with the window of the found side inside ``box`` that lowers the class most
-    blacked out, where it removes at least 90% of what blacking out ``box`` removes; ``masked`` elsewhere."""
-    label, side = window.label, window.side
-    top, left, bottom, right = box
-    side_rows, side_cols = min(side, bottom - top), min(side, right - left)
-    stride = max(1, math.ceil(side / 2))
-    best = masked.clone()
-    best_p = torch.full((len(images),), math.inf, device=images.device)
-    for row in _starts(bottom - top, side_rows, stride):
-        for col in _starts(right - left, side_cols, stride):
-            t, l = top + row, left + col
-            out = teacher_logits(
-                teacher, _blacked_out(images, (t, l, t + side_rows, l + side_cols), black)
-            ).float()
-            p = out.softmax(1)[:, label]
-            better = p < best_p
-            best_p = torch.where(better, p, best_p)
-            best[better] = out[better]
-    full = masked.softmax(1)[:, label]
-    enough = probabilities[:, label] - best_p >= 0.9 * (probabilities[:, label] - full)
-    return torch.where(enough[:, None], best, masked)
 
 
 def _carrying(

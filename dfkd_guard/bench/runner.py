@@ -137,7 +137,6 @@ __all__ = [
 EARLIER_GUARD_VALUES: dict[tuple[str, str], Any] = {
     ("forget", "memory"): 0,
     ("trigger_window", "rows"): "carrying",
-    ("trigger_window", "target"): "masked",
 }
 CODE_VERSION = "dfkd_guard.bench.runner/6"  # 5: DAgr, pool metrics, phase timing; 6: dfkd_seed
 """Part of every run id: bump it whenever the run code changes its results."""
